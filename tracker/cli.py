@@ -1,0 +1,173 @@
+"""The ``tracker`` command: serve, worker, db upgrade, keys create, replay."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from tracker.errors import SettingsError, TrackerError
+from tracker.settings import Settings
+
+log = logging.getLogger("tracker")
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tracker.bootstrap import build, prepare_database
+    from tracker.web.app import create_app
+
+    settings = _settings()
+    _logging(settings)
+    container = build(settings)
+    prepare_database(container, upgrade=settings.is_sqlite)
+    if not args.no_worker:
+        log.info("scheduler: nothing to schedule yet (polling and escalation arrive with their issues)")
+    app = create_app(container)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False,
+                proxy_headers=True, server_header=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _logging(settings)
+    print("tracker worker: nothing to do yet; polling, escalation and alert delivery arrive with their issues")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from tracker.db import migrate
+    from tracker.db.engine import make_engine
+
+    settings = _settings()
+    _logging(settings)
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine, args.revision)
+    print(f"database at {migrate.current_revision(engine)}")
+    engine.dispose()
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from tracker.apikeys import ApiKeys
+    from tracker.clock import SystemClock
+    from tracker.db.engine import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    key = ApiKeys(engine, SystemClock()).create(args.name, args.scope)
+    engine.dispose()
+    print(f"Created API key {args.name!r} with scope {args.scope}. It is shown once; store it now:")
+    print(key)
+    return 0
+
+
+def progress(done: int, total: int, started: float, out: TextIO) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(time.monotonic() - started, 1e-9)
+    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({rate:.0f}/s)")
+    out.flush()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tracker.clock import SystemClock
+    from tracker.db import queries
+    from tracker.db.engine import make_engine
+    from tracker.ingest import Ingestor
+
+    settings = _settings()
+    _logging(settings)
+    engine = make_engine(settings.database_url)
+    outcomes = None if args.all else [o.strip() for o in args.outcome.split(",") if o.strip()]
+    with engine.connect() as conn:
+        total = queries.count_events_to_replay(conn, provider=args.provider, outcomes=outcomes)
+    ingestor = Ingestor(engine, SystemClock())
+    tally: dict[str, int] = {}
+    done, last, started = 0, 0, time.monotonic()
+    show = sys.stderr.isatty() or args.progress
+    while True:
+        with engine.connect() as conn:
+            ids = queries.events_to_replay(conn, provider=args.provider, outcomes=outcomes, after_id=last,
+                                           limit=500)
+        if not ids:
+            break
+        for event_id in ids:
+            result = ingestor.reprocess(event_id)
+            tally[result.outcome] = tally.get(result.outcome, 0) + 1
+            done += 1
+            if show and (done % 50 == 0 or done == total):
+                progress(done, total, started, sys.stderr)
+        last = ids[-1]
+    if show:
+        sys.stderr.write("\n")
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally.items())) or "nothing to replay"
+    print(f"replayed {done} event(s): {summary}")
+    engine.dispose()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tracker", description="Tracks KYC/KYB verifications at several providers.")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the web app (and, unless --no-worker, the scheduler)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="do not run the scheduler in this process")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run only the scheduler")
+    worker.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply the migrations")
+    upgrade.add_argument("--revision", default="head")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once, alone on the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, choices=["read", "write", "admin"])
+    create.set_defaults(func=cmd_keys_create)
+
+    replay = sub.add_parser("replay", help="run stored events through the current code again")
+    replay.add_argument("--provider", choices=["blaaiz", "connectfi", "cryptopocket"])
+    replay.add_argument("--outcome", default="error", help="comma-separated outcomes to replay (default: error)")
+    replay.add_argument("--all", action="store_true", help="replay every stored event (not duplicates)")
+    replay.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    replay.set_defaults(func=cmd_replay)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except SettingsError as exc:
+        print(f"tracker: {exc.message}", file=sys.stderr)
+        return 2
+    except TrackerError as exc:
+        print(f"tracker: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

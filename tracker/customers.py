@@ -1,0 +1,284 @@
+"""The customer API's application steps: register, report uploads, submit, read. One transaction each."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row
+
+from tracker.clock import Clock
+from tracker.db import queries
+from tracker.db.engine import write_options
+from tracker.domain.lifecycle import PROVIDERS, Decision, Outcome, Signal, Source, State, Trigger, decide
+from tracker.errors import Conflict, Invalid, NotFound
+from tracker.metrics import Metrics
+from tracker.providers import blaaiz
+
+CUSTOMER_TYPES = ("individual", "business")
+# The documented document types of the providers that have no fixed upload slots.
+CONNECTFI_DOCUMENT_TYPES = ("license", "passport", "residence_permit", "identification_card", "utility",
+                            "bank_statement")
+CRYPTOPOCKET_DOCUMENT_TYPES = (
+    "onboarding_form", "bank_statement", "payslip", "employment_contract", "tax_return", "tax_certificate",
+    "company_accounts", "dividend_statement", "investment_statement", "crypto_wallet_statement",
+    "sale_of_property", "sale_of_vehicle", "sale_of_company_shares", "inheritance_document", "gift_declaration",
+    "loan_agreement", "savings_evidence", "invoice", "freelance_income_evidence", "pension_statement",
+    "unemployment_benefit_statement", "source_of_funds_declaration", "other",
+)
+BUSINESS_SLOT_FLAG = "business_upload_via_individual_slot"
+REJECTIONS_BEFORE_WARNING = 2
+UNKNOWN_TYPE = ("this customer was discovered by webhook and its type is unknown; register it with "
+                "POST /v1/customers (customer_type individual or business) first")
+_ID_TEXT = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+@dataclass
+class CustomerResult:
+    row: Row[Any]
+    created: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _text_id(name: str, value: Any, required: bool = True) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise Invalid(f"{name} is required")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _ID_TEXT.match(value):
+        raise Invalid(f"{name} must be 1 to 128 letters, digits or ._:@/+=- characters")
+    return value
+
+
+class Customers:
+    def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None,
+                 on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.metrics = metrics
+        self.on_change = on_change
+        self._write = write_options(engine)
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    def register(self, body: Mapping[str, Any]) -> CustomerResult:
+        provider = body.get("provider")
+        if provider not in PROVIDERS:
+            raise Invalid(f"provider must be one of {', '.join(PROVIDERS)}")
+        pcid = _text_id("provider_customer_id", body.get("provider_customer_id"))
+        assert pcid is not None
+        customer_type = body.get("customer_type")
+        if customer_type not in CUSTOMER_TYPES:
+            raise Invalid("customer_type must be individual or business")
+        reference = _text_id("reference", body.get("reference"), required=False)
+        application_id = _text_id("application_id", body.get("application_id"), required=False)
+        unknown = set(body) - {"provider", "provider_customer_id", "customer_type", "reference", "application_id"}
+        if unknown:
+            raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+        now = self.clock.now()
+        wanted = {"customer_type": customer_type, "reference": reference, "application_id": application_id}
+        with self._begin() as conn:
+            created = queries.insert_customer(conn, {
+                "provider": provider, "provider_customer_id": pcid, "state": State.AWAITING_DOCUMENTS.value,
+                "version": 1, "discovered_by": "api", "created_at": now, "updated_at": now, "tier": "none",
+                "attempts": 0, "rejections": 0, **wanted,
+            })
+            row = queries.lock_customers(conn, provider, [pcid])[pcid]
+            fill = {}
+            for name, value in wanted.items():
+                current = row._mapping[name]
+                if value is None or current == value:
+                    continue
+                if current is None or (name == "customer_type" and current == "unknown"):
+                    fill[name] = value
+                else:
+                    raise Conflict(f"{provider} customer {pcid} is registered already with {name} {current!r}, "
+                                   f"not {value!r}")
+            if fill:
+                fill.update(_id=row.id, _old_version=row.version, version=row.version + 1, updated_at=now)
+                queries.update_customers(conn, [fill])
+                row = self._lock(conn, row.id)
+        return CustomerResult(row, created=created)
+
+    def report_upload(self, customer_id: int, body: Mapping[str, Any]) -> CustomerResult:
+        slot = body.get("slot")
+        if not isinstance(slot, str) or not slot:
+            raise Invalid("slot is required")
+        file_id = _text_id("file_id", body.get("file_id"), required=False)
+        document_type = body.get("document_type")
+        if document_type is not None and not isinstance(document_type, str):
+            raise Invalid("document_type must be a string")
+        unknown = set(body) - {"slot", "file_id", "document_type"}
+        if unknown:
+            raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+        now = self.clock.now()
+        warnings: list[str] = []
+        with self._begin() as conn:
+            row = self._lock(conn, customer_id)
+            flag = None
+            starts_review = self._check_upload(row, slot, document_type, warnings)
+            if row.provider == blaaiz.NAME and row.customer_type == "business":
+                flag = BUSINESS_SLOT_FLAG
+                warnings.append("business customers upload through the business endpoints (owner files, KYB "
+                                "documents); this upload does not start the review and has been flagged")
+            queries.insert_upload(conn, {"customer_id": row.id, "slot": slot, "file_id": file_id,
+                                         "document_type": document_type, "flag": flag, "reported_at": now})
+            changes: list[dict[str, Any]] = []
+            if flag is not None:
+                flags = queries.flags_of(row._mapping)
+                if flag not in flags:
+                    queries.update_customers(conn, [{"_id": row.id, "_old_version": row.version,
+                                                     "flags": json.dumps([*flags, flag]),
+                                                     "version": row.version + 1, "updated_at": now}])
+            elif starts_review:
+                self._warn_resubmission(row, warnings)
+                changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now,
+                                      f"upload of {slot}")
+            row = self._lock(conn, row.id)
+        self._publish(changes)
+        return CustomerResult(row, warnings=warnings)
+
+    def submit(self, customer_id: int) -> CustomerResult:
+        now = self.clock.now()
+        warnings: list[str] = []
+        with self._begin() as conn:
+            row = self._lock(conn, customer_id)
+            if row.provider != blaaiz.NAME:
+                raise Invalid(
+                    f"{row.provider} reviews start when {row.provider} reports them (connectFi: running or "
+                    "waiting_review; CryptoPocket: processing); the tracker learns that by callback or poll"
+                )
+            if row.customer_type == "unknown":
+                raise Conflict(UNKNOWN_TYPE)
+            if row.state == State.VERIFIED.value:
+                raise Conflict("the customer is verified; there is nothing to submit")
+            self._warn_resubmission(row, warnings)
+            changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now, "submit")
+            row = self._lock(conn, row.id)
+        self._publish(changes)
+        return CustomerResult(row, warnings=warnings)
+
+    # -- reads --------------------------------------------------------------------------------------------
+
+    def get(self, customer_id: int) -> Row[Any]:
+        with self.engine.connect() as conn:
+            row = queries.get_customer(conn, customer_id)
+        if row is None:
+            raise NotFound(f"no customer with id {customer_id}")
+        return row
+
+    def history(self, customer_id: int) -> tuple[Row[Any], list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
+        with self.engine.connect() as conn:
+            row = queries.get_customer(conn, customer_id)
+            if row is None:
+                raise NotFound(f"no customer with id {customer_id}")
+            return (row, queries.customer_history(conn, customer_id), queries.customer_events(conn, customer_id),
+                    queries.customer_uploads(conn, customer_id))
+
+    def page(self, **filters: Any) -> list[Row[Any]]:
+        with self.engine.connect() as conn:
+            return queries.list_customers(conn, **filters)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _begin(self) -> Any:
+        return _Transaction(self.engine, self._write)
+
+    @staticmethod
+    def _lock(conn: Connection, customer_id: int) -> Row[Any]:
+        row = queries.lock_customer(conn, customer_id)
+        if row is None:
+            raise NotFound(f"no customer with id {customer_id}")
+        return row
+
+    @staticmethod
+    def _check_upload(row: Row[Any], slot: str, document_type: str | None, warnings: list[str]) -> bool:
+        """Check the upload against the provider's rules; return whether it starts the review."""
+        if row.provider == blaaiz.NAME:
+            if slot not in blaaiz.UPLOAD_SLOTS:
+                raise Invalid(f"slot must be one of {', '.join(blaaiz.UPLOAD_SLOTS)} for Blaaiz")
+            if slot == blaaiz.REVIEW_STARTING_SLOT:
+                if document_type in blaaiz.ID_TYPES_REFUSED:
+                    raise Invalid(f"{blaaiz.ID_TYPES_REFUSED[document_type]}: upload a driver's licence "
+                                  "(drivers_license), passport or resident permit (resident_permit) instead",
+                                  code="document_not_accepted")
+                if document_type not in blaaiz.ID_TYPES_ACCEPTED:
+                    raise Invalid("document_type is required for id_file and must be one of "
+                                  f"{', '.join(blaaiz.ID_TYPES_ACCEPTED)}")
+            if row.customer_type == "unknown":
+                raise Conflict(UNKNOWN_TYPE)
+            if row.state == State.PENDING.value and row.customer_type == "individual":
+                raise Conflict("Blaaiz refuses uploads while a review runs; wait for its decision")
+            if row.state == State.VERIFIED.value:
+                raise Conflict("the customer is verified; Blaaiz takes no more uploads")
+            return slot == blaaiz.REVIEW_STARTING_SLOT and row.customer_type == "individual"
+        allowed = CONNECTFI_DOCUMENT_TYPES if row.provider == "connectfi" else CRYPTOPOCKET_DOCUMENT_TYPES
+        if slot not in allowed:
+            raise Invalid(f"slot must be a {row.provider} document type: {', '.join(allowed)}")
+        return False
+
+    @staticmethod
+    def _warn_resubmission(row: Row[Any], warnings: list[str]) -> None:
+        if row.state == State.REJECTED.value and row.rejections >= REJECTIONS_BEFORE_WARNING:
+            warnings.append(
+                f"this customer has been rejected {row.rejections} times; Blaaiz blacklists customers after "
+                "repeated fraudulent attempts, so check the documents before resubmitting"
+            )
+
+    def _apply(self, conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str
+               ) -> list[dict[str, Any]]:
+        decision: Decision = decide(queries.snapshot_of(row._mapping), signal, now)
+        if decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
+            raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: {decision.reason}")
+        if not decision.changed:
+            return []
+        values = queries.snapshot_values(decision.after)
+        values.update(_id=row.id, _old_version=row.version, updated_at=now)
+        if queries.update_customers(conn, [values]) != 1:
+            raise Conflict("the customer changed while this request ran; try again")
+        if not decision.moved:
+            return []
+        assert signal.trigger is not None
+        queries.insert_history(conn, [{
+            "customer_id": row.id, "from_state": decision.before.state.value,
+            "to_state": decision.after.state.value, "trigger": signal.trigger.value, "source": signal.source.value,
+            "event_id": None, "provider_status": None, "provider_time": None, "recorded_at": now,
+            "actor": actor, "comment": None, "version": decision.after.version,
+        }])
+        return [{"customer_id": row.id, "provider": row.provider, "from": decision.before.state.value,
+                 "to": decision.after.state.value, "trigger": signal.trigger.value, "source": signal.source.value,
+                 "version": decision.after.version, "event_id": None}]
+
+    def _publish(self, changes: list[dict[str, Any]]) -> None:
+        for change in changes:
+            if self.metrics is not None:
+                self.metrics.observe_transition(change["provider"], change["from"], change["to"],
+                                                change["trigger"], change["source"])
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+
+
+class _Transaction:
+    """``with`` block: a connection in one transaction (write-locked on SQLite), committed on success."""
+
+    def __init__(self, engine: Engine, options: dict[str, Any]) -> None:
+        self._conn = engine.connect().execution_options(**options)
+
+    def __enter__(self) -> Connection:
+        self._conn.begin()
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._conn.commit()
+            else:
+                self._conn.rollback()
+        finally:
+            self._conn.close()

@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, the engine, named queries. Nothing here commits; callers own transactions."""

@@ -1,0 +1,79 @@
+"""Engine construction. SQLite runs in WAL mode with a busy timeout; PostgreSQL through psycopg 3."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from tracker.errors import SettingsError
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3; SQLite URLs pass through."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         pool_recycle=1800)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    memory = parsed.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
+    if memory:
+        from sqlalchemy.pool import StaticPool
+
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN, so write transactions can take the lock up front.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def write_options(engine: Engine) -> dict[str, Any]:
+    """Execution options for a transaction that will write: on SQLite, take the write lock at BEGIN so a
+    read-then-write transaction cannot fail half-way on a lock upgrade."""
+    return {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+
+
+def check_engine(engine: Engine) -> None:
+    """Start-up check: the database answers; on SQLite, WAL mode and the busy timeout are in force."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            if str(mode).lower() != "wal":
+                raise SettingsError(f"TRACKER_DATABASE_URL: SQLite is in {mode} mode, not WAL; is the file on a "
+                                    "file system that supports WAL?")
+            if not timeout:
+                raise SettingsError("TRACKER_DATABASE_URL: SQLite busy timeout could not be set")

@@ -1,0 +1,245 @@
+"""Named queries. Each takes an open connection inside the caller's transaction; none commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, RowMapping, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tracker.db.tables import api_keys, customers, history, inbound_events, uploads
+from tracker.domain.lifecycle import Snapshot, State
+
+SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_provider_time", "attempts",
+                   "rejections", "rejection_reason", "provider_status")
+
+
+def snapshot_of(row: Mapping[str, Any] | RowMapping) -> Snapshot:
+    values = {name: row[name] for name in SNAPSHOT_FIELDS}
+    values["state"] = State(values["state"])
+    return Snapshot(**values)
+
+
+def snapshot_values(snapshot: Snapshot) -> dict[str, Any]:
+    values = {name: getattr(snapshot, name) for name in SNAPSHOT_FIELDS}
+    values["state"] = snapshot.state.value
+    return values
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
+
+
+# --- inbox ---------------------------------------------------------------------------------------------
+
+def existing_dedupe_keys(conn: Connection, provider: str, event_ids: Sequence[str],
+                         fingerprints: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Ids of first deliveries already stored, by event id and by fingerprint."""
+    if not event_ids and not fingerprints:
+        return {}, {}
+    clauses = []
+    if event_ids:
+        clauses.append(inbound_events.c.event_id.in_(list(event_ids)))
+    if fingerprints:
+        clauses.append(inbound_events.c.fingerprint.in_(list(fingerprints)))
+    rows = conn.execute(
+        select(inbound_events.c.id, inbound_events.c.event_id, inbound_events.c.fingerprint).where(
+            inbound_events.c.provider == provider, inbound_events.c.duplicate_of.is_(None), or_(*clauses)
+        )
+    ).all()
+    by_id = {row.event_id: row.id for row in rows if row.event_id is not None}
+    by_print = {row.fingerprint: row.id for row in rows if row.fingerprint is not None}
+    return by_id, by_print
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert inbox rows; returns their ids in order."""
+    if not rows:
+        return []
+    result = conn.execute(
+        inbound_events.insert().returning(inbound_events.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [row.id for row in result]
+
+
+def update_event(conn: Connection, event_id: int, values: Mapping[str, Any]) -> None:
+    conn.execute(update(inbound_events).where(inbound_events.c.id == event_id).values(**values))
+
+
+def get_event(conn: Connection, event_id: int) -> Row[Any] | None:
+    return conn.execute(select(inbound_events).where(inbound_events.c.id == event_id)).first()
+
+
+# --- customers -----------------------------------------------------------------------------------------
+
+def lock_customers(conn: Connection, provider: str, provider_customer_ids: Iterable[str]) -> dict[str, Row[Any]]:
+    """Customers by provider id, locked for update on PostgreSQL (SQLite holds the write lock already)."""
+    ids = sorted(set(provider_customer_ids))
+    if not ids:
+        return {}
+    query = select(customers).where(customers.c.provider == provider,
+                                    customers.c.provider_customer_id.in_(ids)).order_by(customers.c.id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {row.provider_customer_id: row for row in conn.execute(query)}
+
+
+def lock_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
+    query = select(customers).where(customers.c.id == customer_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).first()
+
+
+def insert_customers(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert customers unless (provider, provider_customer_id) exists already (a concurrent insert wins)."""
+    if rows:
+        stmt = _insert(conn, customers).on_conflict_do_nothing(
+            index_elements=[customers.c.provider, customers.c.provider_customer_id]
+        )
+        conn.execute(stmt, list(rows))
+
+
+def insert_customer(conn: Connection, values: Mapping[str, Any]) -> bool:
+    """Insert one customer unless it exists; returns whether it was inserted."""
+    stmt = _insert(conn, customers).on_conflict_do_nothing(
+        index_elements=[customers.c.provider, customers.c.provider_customer_id]
+    )
+    return bool(conn.execute(stmt.values(**values)).rowcount == 1)
+
+
+_update_customer = (
+    update(customers)
+    .where(customers.c.id == bindparam("_id"), customers.c.version == bindparam("_old_version"))
+)
+
+
+def update_customers(conn: Connection, changes: Sequence[dict[str, Any]]) -> int:
+    """Apply changes (each with ``_id`` and ``_old_version``); returns how many rows matched."""
+    if not changes:
+        return 0
+    total = 0
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        by_shape.setdefault(tuple(sorted(change)), []).append(change)
+    for shape, group in by_shape.items():
+        columns: dict[str, Any] = {name: bindparam(name) for name in shape if not name.startswith("_")}
+        result = conn.execute(_update_customer.values(**columns), group)
+        total += result.rowcount
+    return total
+
+
+def get_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
+    return conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+
+
+def find_customer(conn: Connection, provider: str, provider_customer_id: str) -> Row[Any] | None:
+    return conn.execute(
+        select(customers).where(customers.c.provider == provider,
+                                customers.c.provider_customer_id == provider_customer_id)
+    ).first()
+
+
+def list_customers(conn: Connection, *, provider: str | None = None, state: str | None = None,
+                   tier: str | None = None, reference: str | None = None,
+                   provider_customer_id: str | None = None, pending_before: datetime | None = None,
+                   after: tuple[datetime, int] | None = None, limit: int = 50) -> list[Row[Any]]:
+    """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page."""
+    query = select(customers)
+    if provider is not None:
+        query = query.where(customers.c.provider == provider)
+    if state is not None:
+        query = query.where(customers.c.state == state)
+    if tier is not None:
+        query = query.where(customers.c.tier == tier)
+    if reference is not None:
+        query = query.where(customers.c.reference == reference)
+    if provider_customer_id is not None:
+        query = query.where(customers.c.provider_customer_id == provider_customer_id)
+    if pending_before is not None:
+        query = query.where(customers.c.state == State.PENDING.value, customers.c.pending_since <= pending_before)
+    if after is not None:
+        query = query.where(tuple_(customers.c.updated_at, customers.c.id) < tuple_(*after))
+    query = query.order_by(customers.c.updated_at.desc(), customers.c.id.desc()).limit(limit)
+    return list(conn.execute(query))
+
+
+def count_customers_by_state(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(
+        select(customers.c.provider, customers.c.state, customers.c.tier, func.count().label("n"))
+        .group_by(customers.c.provider, customers.c.state, customers.c.tier)
+    ))
+
+
+def oldest_pending(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(
+        select(customers.c.provider, func.min(customers.c.pending_since).label("since"))
+        .where(customers.c.state == State.PENDING.value).group_by(customers.c.provider)
+    ))
+
+
+# --- history and uploads -------------------------------------------------------------------------------
+
+def insert_history(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(history.insert(), list(rows))
+
+
+def customer_history(conn: Connection, customer_id: int) -> list[Row[Any]]:
+    return list(conn.execute(select(history).where(history.c.customer_id == customer_id).order_by(history.c.id)))
+
+
+def customer_events(conn: Connection, customer_id: int, limit: int = 200) -> list[Row[Any]]:
+    cols = [c for c in inbound_events.c if c.name != "body"]
+    return list(conn.execute(
+        select(*cols).where(inbound_events.c.customer_id == customer_id).order_by(inbound_events.c.id.desc())
+        .limit(limit)
+    ))
+
+
+def insert_upload(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(uploads.insert().values(**values))
+
+
+def customer_uploads(conn: Connection, customer_id: int) -> list[Row[Any]]:
+    return list(conn.execute(select(uploads).where(uploads.c.customer_id == customer_id).order_by(uploads.c.id)))
+
+
+def flags_of(row: Mapping[str, Any] | RowMapping) -> list[str]:
+    raw = row.get("flags")
+    return list(json.loads(raw)) if raw else []
+
+
+# --- api keys ------------------------------------------------------------------------------------------
+
+def insert_api_key(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(api_keys.insert().values(**values))
+
+
+def api_key_by_prefix(conn: Connection, prefix: str) -> Row[Any] | None:
+    return conn.execute(
+        select(api_keys).where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+    ).first()
+
+
+def events_to_replay(conn: Connection, *, provider: str | None, outcomes: Sequence[str] | None,
+                     after_id: int, limit: int) -> list[int]:
+    query = select(inbound_events.c.id).where(inbound_events.c.id > after_id)
+    if provider:
+        query = query.where(inbound_events.c.provider == provider)
+    if outcomes:
+        query = query.where(inbound_events.c.outcome.in_(list(outcomes)))
+    query = query.where(and_(inbound_events.c.duplicate_of.is_(None)))
+    return [row.id for row in conn.execute(query.order_by(inbound_events.c.id).limit(limit))]
+
+
+def count_events_to_replay(conn: Connection, *, provider: str | None, outcomes: Sequence[str] | None) -> int:
+    query = select(func.count()).select_from(inbound_events).where(inbound_events.c.duplicate_of.is_(None))
+    if provider:
+        query = query.where(inbound_events.c.provider == provider)
+    if outcomes:
+        query = query.where(inbound_events.c.outcome.in_(list(outcomes)))
+    return int(conn.execute(query).scalar_one())

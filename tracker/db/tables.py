@@ -1,0 +1,150 @@
+"""SQLModel tables. The Alembic migrations in ``tracker/db/migrations`` must produce exactly this schema
+(a test compares them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, text
+from sqlmodel import Field, SQLModel
+
+from tracker.db.types import UTCDateTime
+
+metadata = SQLModel.metadata
+metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias, so it autoincrements) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index("uq_customers_provider_pcid", "provider", "provider_customer_id", unique=True),
+        Index("ix_customers_updated", "updated_at", "id"),
+        Index("ix_customers_state_updated", "state", "updated_at", "id"),
+        Index("ix_customers_provider_state_updated", "provider", "state", "updated_at", "id"),
+        Index("ix_customers_state_pending_since", "state", "pending_since"),
+        Index("ix_customers_reference", "reference"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    provider: str = Field(sa_column=Column(String(32), nullable=False))
+    provider_customer_id: str = Field(sa_column=Column(String(128), nullable=False))
+    customer_type: str = Field(sa_column=Column(String(16), nullable=False))
+    reference: str | None = Field(default=None, sa_column=Column(String(128)))
+    application_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    state: str = Field(sa_column=Column(String(32), nullable=False))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    tier: str = Field(default="none", sa_column=Column(String(16), nullable=False, server_default="none"))
+    pending_since: datetime | None = Field(default=None, sa_column=_ts())
+    decided_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_provider_time: datetime | None = Field(default=None, sa_column=_ts())
+    rejection_reason: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    rejections: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    discovered_by: str = Field(sa_column=Column(String(16), nullable=False))
+    flags: str | None = Field(default=None, sa_column=Column(Text))  # JSON list of flag names
+    created_at: datetime = Field(sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class InboundEvent(SQLModel, table=True):
+    """The inbox: every authenticated delivery, stored before it is acknowledged."""
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (
+        # Only the first delivery holds the dedupe keys; later copies are stored with duplicate_of set.
+        Index("uq_inbound_events_provider_event_id", "provider", "event_id", unique=True,
+              sqlite_where=text("duplicate_of IS NULL AND event_id IS NOT NULL"),
+              postgresql_where=text("duplicate_of IS NULL AND event_id IS NOT NULL")),
+        Index("uq_inbound_events_provider_fingerprint", "provider", "fingerprint", unique=True,
+              sqlite_where=text("duplicate_of IS NULL AND fingerprint IS NOT NULL"),
+              postgresql_where=text("duplicate_of IS NULL AND fingerprint IS NOT NULL")),
+        Index("ix_inbound_events_customer", "customer_id", "id"),
+        Index("ix_inbound_events_unprocessed", "outcome", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    provider: str = Field(sa_column=Column(String(32), nullable=False))
+    event_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    fingerprint: str | None = Field(default=None, sa_column=Column(String(64)))
+    event_type: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_customer_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    customer_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("customers.id")))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_time: datetime | None = Field(default=None, sa_column=_ts())
+    headers: str | None = Field(default=None, sa_column=Column(Text))  # JSON of the headers we need
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    received_at: datetime = Field(sa_column=_ts(nullable=False))
+    processed_at: datetime | None = Field(default=None, sa_column=_ts())
+    # received | accepted | duplicate | ignored | stale | conflict | rejected | error
+    outcome: str = Field(sa_column=Column(String(16), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    duplicate_of: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("inbound_events.id")))
+
+
+class HistoryRow(SQLModel, table=True):
+    """Append-only: one row per change of a customer's state."""
+
+    __tablename__ = "history"
+    __table_args__ = (Index("ix_history_customer", "customer_id", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    customer_id: int = Field(sa_column=Column(BigId, ForeignKey("customers.id"), nullable=False))
+    from_state: str | None = Field(default=None, sa_column=Column(String(32)))
+    to_state: str = Field(sa_column=Column(String(32), nullable=False))
+    trigger: str = Field(sa_column=Column(String(32), nullable=False))
+    source: str = Field(sa_column=Column(String(16), nullable=False))
+    event_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("inbound_events.id")))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_time: datetime | None = Field(default=None, sa_column=_ts())
+    recorded_at: datetime = Field(sa_column=_ts(nullable=False))
+    actor: str | None = Field(default=None, sa_column=Column(String(128)))
+    comment: str | None = Field(default=None, sa_column=Column(Text))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+class Upload(SQLModel, table=True):
+    """Uploads the client reported; they may start review, and are checked against the provider's rules."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_customer", "customer_id", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    customer_id: int = Field(sa_column=Column(BigId, ForeignKey("customers.id"), nullable=False))
+    slot: str = Field(sa_column=Column(String(64), nullable=False))
+    file_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    document_type: str | None = Field(default=None, sa_column=Column(String(64)))
+    flag: str | None = Field(default=None, sa_column=Column(String(64)))
+    reported_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("uq_api_keys_prefix", "prefix", unique=True),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    name: str = Field(sa_column=Column(String(128), nullable=False))
+    prefix: str = Field(sa_column=Column(String(32), nullable=False))
+    key_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    scope: str = Field(sa_column=Column(String(16), nullable=False))
+    created_at: datetime = Field(sa_column=_ts(nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+customers: Table = Customer.__table__  # type: ignore[attr-defined]
+inbound_events: Table = InboundEvent.__table__  # type: ignore[attr-defined]
+history: Table = HistoryRow.__table__  # type: ignore[attr-defined]
+uploads: Table = Upload.__table__  # type: ignore[attr-defined]
+api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,53 @@
+"""Prometheus metrics: one registry per app instance, so tests and several apps in one process stay apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class _Callback(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.webhooks = Counter("tracker_webhooks", "Webhook deliveries by provider and outcome",
+                                ["provider", "outcome"], registry=self.registry)
+        self.transitions = Counter("tracker_transitions", "Lifecycle transitions applied",
+                                   ["provider", "from_state", "to_state", "trigger", "source"],
+                                   registry=self.registry)
+        self.ingest_batch = Histogram("tracker_ingest_batch_size", "Deliveries committed together",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
+        self.ingest_seconds = Histogram("tracker_ingest_commit_seconds", "Time to store and apply one batch",
+                                        registry=self.registry)
+
+    def add_gauges(self, read_counts: Callable[[], Iterable[tuple[str, str, str, int]]]) -> None:
+        """Customers by provider, state and tier, read from the database at scrape time."""
+
+        def collect() -> Iterable[Metric]:
+            family = GaugeMetricFamily("tracker_customers", "Tracked customers by provider, state and tier",
+                                       labels=["provider", "state", "tier"])
+            for provider, state, tier, count in read_counts():
+                family.add_metric([provider, state, tier], count)
+            yield family
+
+        self.registry.register(_Callback(collect))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_transition(self, provider: str, before: str, after: str, trigger: str, source: str) -> None:
+        self.transitions.labels(provider, before, after, trigger, source).inc()
+
+    def observe_webhook(self, provider: str, outcome: str, count: int = 1) -> None:
+        self.webhooks.labels(provider, outcome).inc(count)
+

@@ -1,0 +1,22 @@
+"""One module per provider: webhook verification and parsing, status mapping (and, later, status fetch)."""
+
+from __future__ import annotations
+
+import json
+
+from tracker.domain.events import ParsedEvent, ParseError
+from tracker.providers import blaaiz
+
+PARSERS = {blaaiz.NAME: blaaiz.parse}
+
+
+def parse_stored(provider: str, body: bytes) -> ParsedEvent:
+    """Parse a stored inbox body again (replay). Raises ``ParseError``."""
+    parser = PARSERS.get(provider)
+    if parser is None:
+        raise ParseError(f"no parser for provider {provider!r}")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise ParseError(f"the stored body is not JSON: {exc}") from None
+    return parser(payload)

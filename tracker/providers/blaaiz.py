@@ -1,0 +1,150 @@
+"""Blaaiz: signed customer webhooks (PROVIDERS.md, Blaaiz).
+
+Signature: ``x-blaaiz-signature`` = lowercase hex HMAC-SHA256(secret, f"{x-blaaiz-timestamp}.{raw body}").
+Several secrets may be valid at once (rotation). The timestamp window is configurable; 0 turns it off.
+The meaning of an event is keyed on ``new_status``; the event names ``customer.verified`` /
+``customer.rejected`` stand for their status when ``new_status`` is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tracker.domain.events import ParsedEvent, ParseError
+from tracker.domain.lifecycle import Signal, Source, Trigger
+
+NAME = "blaaiz"
+SIGNATURE_HEADER = "x-blaaiz-signature"
+TIMESTAMP_HEADER = "x-blaaiz-timestamp"
+
+# verification_status / new_status -> lifecycle trigger. PENDING means both "nothing submitted" and "under
+# review" at Blaaiz: on its own it moves nothing.
+STATUS_TRIGGERS: dict[str, Trigger | None] = {
+    "PENDING": None,
+    "PROCESSING": Trigger.PROVIDER_REVIEWING,
+    "VERIFIED": Trigger.PROVIDER_APPROVED,
+    "REJECTED": Trigger.PROVIDER_REJECTED,
+}
+CUSTOMER_EVENTS = {
+    "customer.status_changed": None,
+    "customer.verified": "VERIFIED",
+    "customer.rejected": "REJECTED",
+    "customer.created": "PENDING",
+}
+# Fields kept from the payload. Everything else (``customer_email`` above all) is dropped before storage.
+KEPT_FIELDS = ("event_type", "event_id", "type", "customer_id", "old_status", "new_status", "comment",
+               "updated_at", "message")
+ID_TYPES_ACCEPTED = ("drivers_license", "passport", "resident_permit")
+ID_TYPES_REFUSED = {"id_card": "national ID cards are not accepted by Blaaiz"}
+UPLOAD_SLOTS = ("id_file", "id_file_back", "proof_of_address_file", "liveness_check_file")
+REVIEW_STARTING_SLOT = "id_file"
+
+
+class SignatureError(ValueError):
+    """Why a delivery's signature was refused (for the 401 answer; never includes secrets)."""
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    message = timestamp.encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: datetime,
+           tolerance_seconds: int) -> None:
+    """Raise ``SignatureError`` unless one of ``secrets`` signed ``body`` within the timestamp window."""
+    if not secrets:
+        raise SignatureError("no Blaaiz signing secret is configured (TRACKER_BLAAIZ_WEBHOOK_SECRETS)")
+    signature = headers.get(SIGNATURE_HEADER)
+    timestamp = headers.get(TIMESTAMP_HEADER)
+    if not signature:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    if not timestamp:
+        raise SignatureError(f"missing {TIMESTAMP_HEADER} header")
+    try:
+        sent_at = int(timestamp.strip())
+    except ValueError:
+        raise SignatureError(f"{TIMESTAMP_HEADER} is not unix seconds") from None
+    if tolerance_seconds and abs(now.timestamp() - sent_at) > tolerance_seconds:
+        raise SignatureError(
+            f"{TIMESTAMP_HEADER} is outside the allowed window of {tolerance_seconds} s; check the sender's clock"
+        )
+    given = signature.strip().lower().removeprefix("sha256=")
+    matched = False
+    for secret in secrets:
+        # Check every secret, so the time taken does not say which one matched.
+        matched |= hmac.compare_digest(sign(secret, timestamp.strip(), body), given)
+    if not matched:
+        raise SignatureError("signature does not match the body with any configured secret")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Blaaiz timestamps: ISO 8601 with or without zone (UTC assumed), or unix seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace(" ", "T", 1)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """Content identity of a delivery, without its event id: a re-send under a new id is still a duplicate."""
+    content = [NAME, *(payload.get(k) for k in ("customer_id", "event_type", "old_status", "new_status",
+                                                 "updated_at", "comment"))]
+    return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
+
+
+def scrub(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload without personal data: only the fields the tracker uses."""
+    return {key: payload[key] for key in KEPT_FIELDS if key in payload}
+
+
+def parse(payload: Any) -> ParsedEvent:
+    """Parse a decoded webhook body. Raises ``ParseError`` naming what is missing or malformed."""
+    if not isinstance(payload, dict):
+        raise ParseError("the body must be a JSON object")
+    event_type = payload.get("event_type")
+    if not isinstance(event_type, str) or not event_type:
+        raise ParseError("missing field event_type")
+    event_id = payload.get("event_id")
+    if event_id is not None and not isinstance(event_id, str | int):
+        raise ParseError("event_id must be a string")
+    event_id_text = str(event_id) if event_id not in (None, "") else None
+    print_ = fingerprint(payload)
+    if event_type not in CUSTOMER_EVENTS or payload.get("type", "customer") != "customer":
+        return ParsedEvent(NAME, event_type, event_id_text, print_, None, None, None,
+                           ignore_reason=f"event type {event_type!r} is not a customer status event")
+    customer_id = payload.get("customer_id")
+    if customer_id in (None, "") or not isinstance(customer_id, str | int):
+        raise ParseError("missing field customer_id")
+    status = payload.get("new_status") or CUSTOMER_EVENTS[event_type]
+    if status is None:
+        raise ParseError(f"missing field new_status (required for {event_type})")
+    if not isinstance(status, str):
+        raise ParseError("new_status must be a string")
+    status = status.strip().upper()
+    comment = payload.get("comment")
+    known = status in STATUS_TRIGGERS
+    signal = Signal(
+        trigger=STATUS_TRIGGERS.get(status),
+        source=Source.WEBHOOK,
+        provider_status=status,
+        provider_time=parse_time(payload.get("updated_at")),
+        comment=comment if isinstance(comment, str) else None,
+    )
+    return ParsedEvent(NAME, event_type, event_id_text, print_, str(customer_id), None, signal,
+                       ignore_reason=None if known else f"unknown Blaaiz status {status!r} kept as is",
+                       unknown_status=not known)

@@ -1,0 +1,1 @@
+"""HTTP entry point: Starlette routes over the application steps. Nothing imports it but bootstrap."""

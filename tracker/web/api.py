@@ -1,0 +1,184 @@
+"""The JSON API under /v1 (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tracker.domain.lifecycle import PROVIDERS, State
+from tracker.durations import parse_duration
+from tracker.errors import NotFound, TrackerError
+from tracker.web.requests import authorize, path_id, read_json
+from tracker.web.responses import (
+    customer_etag,
+    customer_json,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    json_response,
+    list_etag,
+    not_modified,
+)
+
+TIERS = ("none", "overdue", "critical")
+LIST_PARAMS = {"provider", "state", "tier", "reference", "provider_customer_id", "pending_longer_than", "limit",
+               "cursor"}
+MAX_LIMIT = 500
+
+
+def _customers(request: Request) -> Any:
+    return request.app.state.container.customers
+
+
+def _now(request: Request) -> Any:
+    return request.app.state.container.clock.now()
+
+
+def _customer_answer(request: Request, row: Any, status: int = 200, warnings: list[str] | None = None
+                     ) -> Response:
+    body = customer_json(row._mapping, _now(request))
+    if warnings:
+        body["warnings"] = warnings
+    return json_response(body, status, {"ETag": customer_etag(row._mapping)})
+
+
+async def register(request: Request) -> Response:
+    await authorize(request, "write")
+    body = await read_json(request)
+    result = await run_in_threadpool(_customers(request).register, body)
+    return _customer_answer(request, result.row, 201 if result.created else 200)
+
+
+async def report_upload(request: Request) -> Response:
+    await authorize(request, "write")
+    body = await read_json(request)
+    result = await run_in_threadpool(_customers(request).report_upload, path_id(request), body)
+    return _customer_answer(request, result.row, warnings=result.warnings)
+
+
+async def submit(request: Request) -> Response:
+    await authorize(request, "write")
+    result = await run_in_threadpool(_customers(request).submit, path_id(request))
+    return _customer_answer(request, result.row, warnings=result.warnings)
+
+
+async def get_customer(request: Request) -> Response:
+    await authorize(request, "read")
+    row = await run_in_threadpool(_customers(request).get, path_id(request))
+    etag = customer_etag(row._mapping)
+    if not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return json_response(customer_json(row._mapping, _now(request)), headers={"ETag": etag})
+
+
+def _list_filters(request: Request) -> dict[str, Any]:
+    params = request.query_params
+    unknown = set(params) - LIST_PARAMS
+    if unknown:
+        raise TrackerError(f"unknown query parameter(s): {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(LIST_PARAMS))}")
+    filters: dict[str, Any] = {}
+    if "provider" in params:
+        if params["provider"] not in PROVIDERS:
+            raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
+        filters["provider"] = params["provider"]
+    if "state" in params:
+        if params["state"] not in {s.value for s in State}:
+            raise TrackerError(f"state must be one of {', '.join(s.value for s in State)}")
+        filters["state"] = params["state"]
+    if "tier" in params:
+        if params["tier"] not in TIERS:
+            raise TrackerError(f"tier must be one of {', '.join(TIERS)}")
+        filters["tier"] = params["tier"]
+    for name in ("reference", "provider_customer_id"):
+        if name in params:
+            filters[name] = params[name]
+    if "pending_longer_than" in params:
+        try:
+            filters["pending_before"] = _now(request) - parse_duration(params["pending_longer_than"])
+        except ValueError as exc:
+            raise TrackerError(f"pending_longer_than: {exc}") from None
+    try:
+        limit = int(params.get("limit", "50"))
+    except ValueError:
+        raise TrackerError("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise TrackerError(f"limit must be between 1 and {MAX_LIMIT}")
+    filters["limit"] = limit
+    if "cursor" in params:
+        try:
+            filters["after"] = decode_cursor(params["cursor"])
+        except (ValueError, UnicodeDecodeError):
+            raise TrackerError("cursor is not one this service gave out; start again without it") from None
+    return filters
+
+
+async def list_customers(request: Request) -> Response:
+    await authorize(request, "read")
+    filters = _list_filters(request)
+    limit = filters["limit"]
+    rows = await run_in_threadpool(_customers(request).page, **{**filters, "limit": limit + 1})
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if more else None
+    etag = list_etag([row._mapping for row in page], str(request.url.query))
+    if not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    now = _now(request)
+    return json_response({"items": [customer_json(row._mapping, now) for row in page], "next_cursor": next_cursor},
+                         headers={"ETag": etag})
+
+
+async def customer_history(request: Request) -> Response:
+    await authorize(request, "read")
+    row, transitions, events, uploads = await run_in_threadpool(_customers(request).history, path_id(request))
+    return json_response({
+        "customer": customer_json(row._mapping, _now(request)),
+        "transitions": [{
+            "id": t.id, "from": t.from_state, "to": t.to_state, "trigger": t.trigger, "source": t.source,
+            "event": t.event_id, "provider_status": t.provider_status, "provider_time": iso(t.provider_time),
+            "recorded_at": iso(t.recorded_at), "actor": t.actor, "comment": t.comment, "version": t.version,
+        } for t in transitions],
+        "events": [{
+            "id": e.id, "provider": e.provider, "event_id": e.event_id, "event_type": e.event_type,
+            "provider_status": e.provider_status, "provider_time": iso(e.provider_time),
+            "received_at": iso(e.received_at), "processed_at": iso(e.processed_at), "outcome": e.outcome,
+            "reason": e.reason, "duplicate_of": e.duplicate_of,
+        } for e in events],
+        "uploads": [{
+            "slot": u.slot, "file_id": u.file_id, "document_type": u.document_type, "flag": u.flag,
+            "reported_at": iso(u.reported_at),
+        } for u in uploads],
+    })
+
+
+async def replay_event(request: Request) -> Response:
+    await authorize(request, "admin")
+    ingestor = request.app.state.container.ingestor
+    try:
+        result = await run_in_threadpool(ingestor.reprocess, path_id(request))
+    except LookupError:
+        raise NotFound(f"no stored event with id {path_id(request)}") from None
+    return json_response({"event": result.event_id, "outcome": result.outcome, "reason": result.reason,
+                          "customer_id": result.customer_id})
+
+
+async def summary(request: Request) -> Response:
+    await authorize(request, "read")
+    container = request.app.state.container
+    counts, oldest = await run_in_threadpool(container.summary)
+    now = _now(request)
+    providers: dict[str, Any] = {p: {"states": {}, "tiers": {}, "oldest_pending_seconds": None} for p in PROVIDERS}
+    for provider, state, tier, n in counts:
+        entry = providers.setdefault(provider, {"states": {}, "tiers": {}, "oldest_pending_seconds": None})
+        entry["states"][state] = entry["states"].get(state, 0) + n
+        if state == State.PENDING.value:
+            entry["tiers"][tier] = entry["tiers"].get(tier, 0) + n
+    for provider, since in oldest:
+        if since is not None:
+            providers[provider]["oldest_pending_seconds"] = int((now - since).total_seconds())
+    return json_response({"providers": providers, "generated_at": iso(now)})
+
+

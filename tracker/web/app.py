@@ -1,0 +1,98 @@
+"""The Starlette application: the route table, error handling, and the OpenAPI document built from it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tracker.errors import TrackerError
+from tracker.web import api, openapi, ops, webhooks
+from tracker.web.responses import error, json_response
+
+log = logging.getLogger("tracker.web")
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+# (path, method, endpoint, summary, OpenAPI extras key)
+ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
+    ("/webhooks/blaaiz", "POST", webhooks.blaaiz_webhook, "Blaaiz customer webhook (signed)", "webhook"),
+    ("/v1/customers", "POST", api.register, "Register a customer (idempotent)", "register"),
+    ("/v1/customers", "GET", api.list_customers, "List customers, newest change first", "list"),
+    ("/v1/customers/{id:int}", "GET", api.get_customer, "One customer (ETag, 304)", "get"),
+    ("/v1/customers/{id:int}/uploads", "POST", api.report_upload, "Report an upload", "upload"),
+    ("/v1/customers/{id:int}/submit", "POST", api.submit, "Submit for review (Blaaiz)", "submit"),
+    ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
+     "read"),
+    ("/v1/summary", "GET", api.summary, "Counts by provider, state and tier; oldest pending age", "read"),
+    ("/v1/events/{id:int}/replay", "POST", api.replay_event, "Run a stored event through the current code",
+     "admin"),
+    ("/healthz", "GET", ops.healthz, "Liveness", None),
+    ("/readyz", "GET", ops.readyz, "Readiness: database reachable, migrations at head", None),
+    ("/metrics", "GET", ops.metrics, "Prometheus metrics", None),
+]
+
+
+def _openapi_document() -> dict[str, Any]:
+    extras = openapi.customer_ops()
+    table = [(path.replace(":int", ""), method, summary, dict(extras[key]) if key else {})
+             for path, method, _, summary, key in ROUTES]
+    table.append(("/openapi.json", "GET", "This document", {}))
+    return openapi.document(table)
+
+
+async def _openapi(request: Request) -> Response:
+    return json_response(request.app.state.openapi)
+
+
+async def _tracker_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TrackerError)
+    headers = {"Retry-After": "30"} if exc.status == 503 else None
+    return error(exc.status, exc.code, exc.message, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(404, "not_found", f"no route for {request.method} {request.url.path}; see /openapi.json")
+    if exc.status_code == 405:
+        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    return error(exc.status_code, "http_error", str(exc.detail))
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    log.warning("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error(503, "database_unavailable", "the database is unavailable; retry later", {"Retry-After": "30"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error(500, "internal", "an unexpected error happened; it has been logged")
+
+
+def create_app(container: Any, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
+    routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
+    routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
+
+    @asynccontextmanager
+    async def default_lifespan(app: Starlette) -> AsyncIterator[None]:
+        container.start()
+        try:
+            yield
+        finally:
+            container.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan or default_lifespan, exception_handlers={
+        TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
+        Exception: _unexpected,
+    })
+    app.state.container = container
+    app.state.openapi = _openapi_document()
+    return app

@@ -1,0 +1,86 @@
+"""Reading requests: bounded bodies, JSON, API keys, query parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from tracker.apikeys import Principal
+from tracker.errors import Forbidden, TrackerError, Unauthorized
+from tracker.settings import MAX_WEBHOOK_BODY
+
+
+class PayloadTooLarge(TrackerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TrackerError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+def is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int = MAX_WEBHOOK_BODY) -> bytes:
+    """The body, refusing anything over ``limit`` bytes before reading it whole (413)."""
+    too_large = PayloadTooLarge(f"the body is over {limit // 1024} KiB; send at most {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_large
+        except ValueError:
+            raise TrackerError("Content-Length is not a number") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    if not is_json(request):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    body = await read_body(request)
+    try:
+        data = json.loads(body) if body else None
+    except ValueError as exc:
+        raise TrackerError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise TrackerError("the body must be a JSON object", code="invalid_json")
+    return data
+
+
+async def authorize(request: Request, scope: str) -> Principal:
+    """The caller's key, which must allow ``scope``: 401 without a valid key, 403 with too small a scope."""
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with tracker keys create)")
+    keys = request.app.state.container.api_keys
+    token = token.strip()
+    principal = keys.from_cache(token)
+    if principal is None:
+        principal = await run_in_threadpool(keys.authenticate, token)
+    if principal is None:
+        raise Unauthorized("the API key is not valid (unknown, revoked or mistyped)")
+    if not principal.allows(scope):
+        raise Forbidden(f"this API key has scope {principal.scope}; this call needs {scope}")
+    assert isinstance(principal, Principal)
+    return principal
+
+
+def path_id(request: Request, name: str = "id") -> int:
+    value = request.path_params[name]
+    assert isinstance(value, int)
+    return value

@@ -1,0 +1,99 @@
+"""JSON answers, errors in the contract's shape, customers as JSON, ETags."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tracker.db import queries
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, default=_default, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    pending_since = row["pending_since"]
+    return {
+        "id": row["id"],
+        "provider": row["provider"],
+        "provider_customer_id": row["provider_customer_id"],
+        "reference": row["reference"],
+        "application_id": row["application_id"],
+        "customer_type": row["customer_type"],
+        "state": row["state"],
+        "provider_status": row["provider_status"],
+        "tier": row["tier"],
+        "pending_since": iso(pending_since),
+        "pending_seconds": int((now - pending_since).total_seconds()) if pending_since is not None else None,
+        "decided_at": iso(row["decided_at"]),
+        "rejection_reason": row["rejection_reason"],
+        "attempts": row["attempts"],
+        "rejections": row["rejections"],
+        "discovered_by": row["discovered_by"],
+        "flags": queries.flags_of(row),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "version": row["version"],
+    }
+
+
+def customer_etag(row: Mapping[str, Any]) -> str:
+    """Follows stored changes only (version and tier), never the clock."""
+    return f'"c{row["id"]}-v{row["version"]}-{row["tier"]}"'
+
+
+def list_etag(rows: Sequence[Mapping[str, Any]], query: str) -> str:
+    digest = hashlib.sha256(query.encode())
+    for row in rows:
+        digest.update(f"{row['id']}:{row['version']}:{row['tier']};".encode())
+    return f'"l{digest.hexdigest()[:32]}"'
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in tags
+
+
+def encode_cursor(updated_at: datetime, customer_id: int) -> str:
+    raw = f"{updated_at.isoformat()}|{customer_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    text = base64.urlsafe_b64decode(padded.encode()).decode()
+    stamp, _, ident = text.partition("|")
+    return datetime.fromisoformat(stamp), int(ident)
