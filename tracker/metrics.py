@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+log = logging.getLogger("tracker.metrics")
+
 
 class _Callback(Collector):
-    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+    """Collects at scrape time; ``describe`` names the family without collecting (so no I/O at start-up)."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]], describe: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
+        self._describe = describe
 
     def collect(self) -> Iterable[Metric]:
         return self._collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return self._describe()
 
 
 class Metrics:
@@ -33,14 +43,22 @@ class Metrics:
     def add_gauges(self, read_counts: Callable[[], Iterable[tuple[str, str, str, int]]]) -> None:
         """Customers by provider, state and tier, read from the database at scrape time."""
 
-        def collect() -> Iterable[Metric]:
-            family = GaugeMetricFamily("tracker_customers", "Tracked customers by provider, state and tier",
-                                       labels=["provider", "state", "tier"])
-            for provider, state, tier, count in read_counts():
-                family.add_metric([provider, state, tier], count)
-            yield family
+        def family() -> GaugeMetricFamily:
+            return GaugeMetricFamily("tracker_customers", "Tracked customers by provider, state and tier",
+                                     labels=["provider", "state", "tier"])
 
-        self.registry.register(_Callback(collect))
+        def collect() -> Iterable[Metric]:
+            gauge = family()
+            try:
+                rows = list(read_counts())
+            except Exception:  # the database is down: the scrape still answers, without this family's samples
+                log.warning("could not read customer counts for /metrics")
+                rows = []
+            for provider, state, tier, count in rows:
+                gauge.add_metric([provider, state, tier], count)
+            yield gauge
+
+        self.registry.register(_Callback(collect, lambda: [family()]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

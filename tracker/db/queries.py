@@ -108,7 +108,7 @@ def insert_customer(conn: Connection, values: Mapping[str, Any]) -> bool:
     stmt = _insert(conn, customers).on_conflict_do_nothing(
         index_elements=[customers.c.provider, customers.c.provider_customer_id]
     )
-    return bool(conn.execute(stmt.values(**values)).rowcount == 1)
+    return conn.execute(stmt.values(**values).returning(customers.c.id)).first() is not None
 
 
 _update_customer = (
