@@ -134,10 +134,13 @@ class Ingestor:
                 return IngestResult("rejected", row.id, None, str(exc))
             applied, changes = self._apply(conn, [(row.id, parsed)], now)
             result = applied[0]
-            queries.update_event(conn, row.id, {
-                "outcome": result.outcome, "reason": result.reason, "customer_id": result.customer_id,
-                "processed_at": now if result.processed else None,
-            })
+            # The stored outcome is the event's first effect; a replay overwrites it only where that effect was
+            # a failure, or where the replay itself moved the customer.
+            if row.outcome in ("error", "rejected") or result.outcome == "accepted":
+                queries.update_event(conn, row.id, {
+                    "outcome": result.outcome, "reason": result.reason, "customer_id": result.customer_id,
+                    "processed_at": now if result.processed else None,
+                })
         self._publish(changes)
         return IngestResult(result.outcome, row.id, result.customer_id, result.reason)
 

@@ -1,0 +1,100 @@
+"""The tracker command: db upgrade, keys create, replay, worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import blaaiz_event, post_blaaiz
+from tracker.apikeys import ApiKeys
+from tracker.clock import SystemClock
+from tracker.db.engine import make_engine
+from tracker.db.tables import inbound_events
+
+
+def run(args: list[str], database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "TRACKER_DATABASE_URL": database_url, **env}
+    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def test_db_upgrade_is_idempotent(database_url: str) -> None:
+    result = run(["db", "upgrade"], database_url)
+    assert result.returncode == 0, result.stderr
+    assert "database at 0001" in result.stdout or "database at" in result.stdout
+
+
+def test_keys_create_prints_key_alone_on_last_line(database_url: str) -> None:
+    result = run(["keys", "create", "--name", "dashboard", "--scope", "read"], database_url)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("trk_") and " " not in key
+    engine = make_engine(database_url)
+    principal = ApiKeys(engine, SystemClock()).authenticate(key)
+    engine.dispose()
+    assert principal is not None
+    assert (principal.name, principal.scope) == ("dashboard", "read")
+
+
+def test_keys_create_refuses_unknown_scope(database_url: str) -> None:
+    result = run(["keys", "create", "--name", "x", "--scope", "root"], database_url)
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_worker_says_it_has_nothing_to_do(database_url: str) -> None:
+    result = run(["worker"], database_url)
+    assert result.returncode == 0
+    assert "nothing to do yet" in result.stdout
+
+
+async def test_failed_processing_is_stored_and_replayable(client, clock, engine, database_url, monkeypatch) -> None:
+    """A bug while applying an event must not lose it: it is stored as ``error`` (no processed_at) and
+    `tracker replay` runs it again through the fixed code."""
+    import tracker.ingest
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(tracker.ingest, "decide", broken)
+    response = await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", event_id="evt_err"))
+    assert response.status_code == 200
+    with engine.connect() as conn:
+        row = conn.execute(select(inbound_events)).one()
+    assert (row.outcome, row.processed_at) == ("error", None)
+    assert "simulated bug" in row.reason
+    monkeypatch.undo()
+
+    result = run(["replay", "--progress"], database_url)
+    assert result.returncode == 0, result.stderr
+    assert "replayed 1 event(s): 1 accepted" in result.stdout
+    assert "1/1" in result.stderr
+    with engine.connect() as conn:
+        row = conn.execute(select(inbound_events)).one()
+    assert row.outcome == "accepted"
+    assert row.processed_at is not None
+    again = run(["replay"], database_url)
+    assert "nothing to replay" in again.stdout
+
+
+@pytest.mark.parametrize("args", [["replay", "--all"]])
+async def test_replay_all_is_harmless(client, clock, database_url, args: list[str]) -> None:
+    await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", event_id="e1"))
+    await post_blaaiz(client, clock, blaaiz_event("cus_1", "VERIFIED", event_id="e2",
+                                                   updated_at="2026-01-05T09:40:00Z"))
+    result = run(args, database_url)
+    assert result.returncode == 0, result.stderr
+    assert "replayed 2 event(s)" in result.stdout
+    assert "accepted" not in result.stdout  # everything already applied: nothing moves twice
+
+
+async def test_replay_keeps_the_first_outcome_of_applied_events(client, clock, engine, database_url) -> None:
+    await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", event_id="e1"))
+    run(["replay", "--all"], database_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(inbound_events.c.outcome)).scalar_one() == "accepted"
