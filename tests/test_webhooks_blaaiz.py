@@ -388,3 +388,11 @@ async def test_database_unavailable_answers_503(clock, url: str) -> None:
 
 def test_fake_clock_is_what_the_app_uses(clock: FakeClock) -> None:
     assert clock.now().year == 2026
+
+
+async def test_different_non_customer_events_are_not_duplicates(client, clock) -> None:
+    first = {"event_type": "collection.completed", "type": "collection", "event_id": "evt_1", "id": "tx_1"}
+    second = {**first, "event_id": "evt_2", "id": "tx_2"}
+    assert (await post_blaaiz(client, clock, first)).json()["status"] == "ignored"
+    assert (await post_blaaiz(client, clock, second)).json()["status"] == "ignored"
+    assert (await post_blaaiz(client, clock, {**second, "event_id": "evt_3"})).json()["status"] == "duplicate"

@@ -101,10 +101,16 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:
-    """Content identity of a delivery, without its event id: a re-send under a new id is still a duplicate."""
-    content = [NAME, *(payload.get(k) for k in ("customer_id", "event_type", "old_status", "new_status",
-                                                 "updated_at", "comment"))]
-    return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
+    """Content identity of a delivery, without its event id: a re-send under a new id is still a duplicate.
+
+    Customer events are identified by what they say (customer, statuses, time, comment); any other event by
+    its whole content, so two different collection events never look alike."""
+    if str(payload.get("event_type", "")) in CUSTOMER_EVENTS:
+        content: Any = [NAME, *(payload.get(k) for k in ("customer_id", "event_type", "old_status", "new_status",
+                                                         "updated_at", "comment"))]
+    else:
+        content = [NAME, {key: value for key, value in payload.items() if key != "event_id"}]
+    return hashlib.sha256(json.dumps(content, default=str, sort_keys=True).encode()).hexdigest()
 
 
 def scrub(payload: Mapping[str, Any]) -> dict[str, Any]:
