@@ -419,6 +419,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         if decision.outcome is APPLIED:
             assert decision.after.state is not before.state
             self.history.append((before.state, decision.after.state))
+            if decision.after.state is REJECTED:
+                assert decision.after.rejection_reason == signal.comment
         else:
             assert decision.after.state is before.state
         if decision.outcome in (Outcome.STALE, CONFLICT):
