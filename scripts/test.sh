@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs tracker with its test extras into .venv, then runs ruff, mypy and the whole suite on SQLite and
-# on PostgreSQL (TRACKER_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+# on PostgreSQL (TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
 # Under CI (CI=true) an unreachable PostgreSQL fails the run; locally the PostgreSQL pass is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,16 +18,16 @@ echo "== mypy (strict, tracker/)"
 mypy tracker
 
 echo "== pytest on SQLite"
-TRACKER_TEST_DB=sqlite pytest -q -p no:cacheprovider "$@"
+TEST_DB_BACKEND=sqlite pytest -q -p no:cacheprovider "$@"
 
-export TRACKER_TEST_POSTGRES_URL=${TRACKER_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+export TEST_POSTGRES_URL=${TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 if ! python - <<'PY'
 import os, sys
 import psycopg
 try:
-    psycopg.connect(os.environ["TRACKER_TEST_POSTGRES_URL"], connect_timeout=5).close()
+    psycopg.connect(os.environ["TEST_POSTGRES_URL"], connect_timeout=5).close()
 except psycopg.Error as exc:
-    print(f"PostgreSQL is not reachable at {os.environ['TRACKER_TEST_POSTGRES_URL']}: {exc}".strip())
+    print(f"PostgreSQL is not reachable at {os.environ['TEST_POSTGRES_URL']}: {exc}".strip())
     sys.exit(1)
 PY
 then
@@ -39,4 +39,4 @@ then
   exit 0
 fi
 echo "== pytest on PostgreSQL"
-TRACKER_TEST_DB=postgres pytest -q -p no:cacheprovider "$@"
+TEST_DB_BACKEND=postgres pytest -q -p no:cacheprovider "$@"

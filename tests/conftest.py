@@ -1,6 +1,6 @@
-"""Shared fixtures. The whole suite runs on SQLite (default) or PostgreSQL (TRACKER_TEST_DB=postgres).
+"""Shared fixtures. The whole suite runs on SQLite (default) or PostgreSQL (TEST_DB_BACKEND=postgres).
 
-PostgreSQL: TRACKER_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) is the admin
+PostgreSQL: TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) is the admin
 connection; the suite creates its own database and empties it between tests. Under CI a missing server is a
 failure; locally the PostgreSQL run skips.
 """
@@ -35,8 +35,8 @@ from tracker.web.app import create_app
 
 SECRET = "whsec_test_blaaiz_1"
 OLD_SECRET = "whsec_test_blaaiz_0"
-BACKEND = os.environ.get("TRACKER_TEST_DB", "sqlite")
-PG_ADMIN = os.environ.get("TRACKER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKEND = os.environ.get("TEST_DB_BACKEND", "sqlite")
+PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("history", "uploads", "inbound_events", "customers", "api_keys")
 
 

@@ -47,10 +47,25 @@ def test_keys_create_refuses_unknown_scope(database_url: str) -> None:
     assert "invalid choice" in result.stderr
 
 
-def test_worker_says_it_has_nothing_to_do(database_url: str) -> None:
-    result = run(["worker"], database_url)
-    assert result.returncode == 0
-    assert "nothing to do yet" in result.stdout
+def test_worker_runs_until_sigterm(database_url: str) -> None:
+    import signal
+
+    env = {**os.environ, "TRACKER_DATABASE_URL": database_url, "TRACKER_LOG_LEVEL": "info"}
+    process = subprocess.Popen([sys.executable, "-m", "tracker.cli", "worker"], env=env, stderr=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "polling" in line:
+                break
+        assert any("there is nothing to poll" in line for line in seen), seen
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 async def test_failed_processing_is_stored_and_replayable(client, clock, engine, database_url, monkeypatch) -> None:

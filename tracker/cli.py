@@ -34,18 +34,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
-    if not args.no_worker:
-        log.info("scheduler: nothing to schedule yet (polling and escalation arrive with their issues)")
-    app = create_app(container)
+    app = create_app(container, worker=not args.no_worker)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False,
                 proxy_headers=True, server_header=False, timeout_graceful_shutdown=10)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from tracker.bootstrap import build, prepare_database
+
     settings = _settings()
     _logging(settings)
-    print("tracker worker: nothing to do yet; polling, escalation and alert delivery arrive with their issues")
+    container = build(settings)
+    prepare_database(container, upgrade=settings.is_sqlite)
+    if not container.poller.plans:
+        log.warning("no provider credentials are configured: there is nothing to poll")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await container.start_worker()
+        log.info("worker %s polling %s", container.poller.owner, ", ".join(container.poller.plans) or "nothing")
+        await stop.wait()
+        log.info("worker stopping: finishing the polls in flight")
+        await container.stop_worker()
+
+    asyncio.run(run())
+    container.engine.dispose()
     return 0
 
 

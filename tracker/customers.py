@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,11 +14,13 @@ from sqlalchemy import Connection, Engine, Row
 
 from tracker.clock import Clock
 from tracker.db import queries
-from tracker.db.engine import write_options
-from tracker.domain.lifecycle import PROVIDERS, Decision, Outcome, Signal, Source, State, Trigger, decide
+from tracker.db.engine import write_transaction
+from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger, decide
+from tracker.domain.polling import PollPolicy
 from tracker.errors import Conflict, Invalid, NotFound
 from tracker.metrics import Metrics
 from tracker.providers import blaaiz
+from tracker.transitions import ConcurrentChange, apply_signal
 
 CUSTOMER_TYPES = ("individual", "business")
 # The documented document types of the providers that have no fixed upload slots.
@@ -58,12 +61,13 @@ def _text_id(name: str, value: Any, required: bool = True) -> str | None:
 
 class Customers:
     def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None,
-                 on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 on_change: Callable[[list[dict[str, Any]]], None] | None = None,
+                 policy: PollPolicy | None = None) -> None:
         self.engine = engine
+        self.policy = policy
         self.clock = clock
         self.metrics = metrics
         self.on_change = on_change
-        self._write = write_options(engine)
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -187,8 +191,8 @@ class Customers:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _begin(self) -> Any:
-        return _Transaction(self.engine, self._write)
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
 
     @staticmethod
     def _lock(conn: Connection, customer_id: int) -> Row[Any]:
@@ -233,27 +237,13 @@ class Customers:
 
     def _apply(self, conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str
                ) -> list[dict[str, Any]]:
-        decision: Decision = decide(queries.snapshot_of(row._mapping), signal, now)
+        decision = decide(queries.snapshot_of(row._mapping), signal, now)
         if decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
             raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: {decision.reason}")
-        if not decision.changed:
-            return []
-        values = queries.snapshot_values(decision.after)
-        values.update(_id=row.id, _old_version=row.version, updated_at=now)
-        if queries.update_customers(conn, [values]) != 1:
-            raise Conflict("the customer changed while this request ran; try again")
-        if not decision.moved:
-            return []
-        assert signal.trigger is not None
-        queries.insert_history(conn, [{
-            "customer_id": row.id, "from_state": decision.before.state.value,
-            "to_state": decision.after.state.value, "trigger": signal.trigger.value, "source": signal.source.value,
-            "event_id": None, "provider_status": None, "provider_time": None, "recorded_at": now,
-            "actor": actor, "comment": None, "version": decision.after.version,
-        }])
-        return [{"customer_id": row.id, "provider": row.provider, "from": decision.before.state.value,
-                 "to": decision.after.state.value, "trigger": signal.trigger.value, "source": signal.source.value,
-                 "version": decision.after.version, "event_id": None}]
+        try:
+            return apply_signal(conn, row, signal, now, actor, policy=self.policy).changes
+        except ConcurrentChange:
+            raise Conflict("the customer changed while this request ran; try again") from None
 
     def _publish(self, changes: list[dict[str, Any]]) -> None:
         for change in changes:
@@ -262,23 +252,3 @@ class Customers:
                                                 change["trigger"], change["source"])
         if changes and self.on_change is not None:
             self.on_change(changes)
-
-
-class _Transaction:
-    """``with`` block: a connection in one transaction (write-locked on SQLite), committed on success."""
-
-    def __init__(self, engine: Engine, options: dict[str, Any]) -> None:
-        self._conn = engine.connect().execution_options(**options)
-
-    def __enter__(self) -> Connection:
-        self._conn.begin()
-        return self._conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            if exc_type is None:
-                self._conn.commit()
-            else:
-                self._conn.rollback()
-        finally:
-            self._conn.close()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import logging
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -35,6 +34,10 @@ class Metrics:
         self.transitions = Counter("tracker_transitions", "Lifecycle transitions applied",
                                    ["provider", "from_state", "to_state", "trigger", "source"],
                                    registry=self.registry)
+        self.polls = Counter("tracker_polls", "Provider status polls by provider and result",
+                             ["provider", "result"], registry=self.registry)
+        self.unknown_status = Counter("tracker_unknown_status", "Undocumented provider status values seen",
+                                      ["provider"], registry=self.registry)
         self.ingest_batch = Histogram("tracker_ingest_batch_size", "Deliveries committed together",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.ingest_seconds = Histogram("tracker_ingest_commit_seconds", "Time to store and apply one batch",

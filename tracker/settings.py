@@ -79,6 +79,42 @@ def _text(value: str) -> str:
     return value.strip()
 
 
+def _rate_limits(value: str) -> tuple[tuple[int, timedelta], ...]:
+    """``120/m,1500/h``: each a count per window (s, m, h, d); ``none`` for no budget."""
+    if value.strip().lower() in ("", "none", "0"):
+        return ()
+    limits = []
+    for part in value.split(","):
+        count, _, window = part.strip().partition("/")
+        try:
+            number = int(count)
+            span = parse_duration(window if window[:1].isdigit() else f"1{window}")
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a budget; write it like 120/m or 1500/h") from None
+        if number <= 0 or span <= timedelta(0):
+            raise ValueError(f"{part.strip()!r} must allow at least one request in a positive window")
+        limits.append((number, span))
+    return tuple(limits)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if number <= 0:
+        raise ValueError(f"{value!r} must be at least 1")
+    return number
+
+
+DEFAULT_RATE_LIMITS: dict[str, tuple[tuple[int, timedelta], ...]] = {
+    # Blaaiz publishes its budget; the others do not, so a conservative default that settings can change.
+    "blaaiz": ((120, timedelta(minutes=1)), (1500, timedelta(hours=1))),
+    "connectfi": ((5, timedelta(seconds=1)),),
+    "cryptopocket": ((5, timedelta(seconds=1)),),
+}
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -119,6 +155,11 @@ class Settings:
     alert_smtp_url: str | None = None
     alert_email_to: str | None = None
     api_key_cache_ttl: timedelta = timedelta(seconds=30)
+    poll_lease: timedelta = timedelta(seconds=60)
+    poll_timeout: timedelta = timedelta(seconds=10)
+    rate_limits: Mapping[str, tuple[tuple[int, timedelta], ...]] = field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    concurrency: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:
@@ -160,9 +201,13 @@ class Settings:
             "ALERT_SMTP_URL": _smtp_url,
             "ALERT_EMAIL_TO": _text,
             "API_KEY_CACHE_TTL": _duration,
+            "POLL_LEASE": _positive_duration,
+            "POLL_TIMEOUT": _positive_duration,
         }
-        per_provider = {f"{p.upper()}_{kind}": (p, kind) for p in PROVIDERS for kind in ("OVERDUE_AFTER",
-                                                                                           "CRITICAL_AFTER")}
+        per_provider = {f"{p.upper()}_{kind}": (p, kind) for p in PROVIDERS
+                        for kind in ("OVERDUE_AFTER", "CRITICAL_AFTER", "RATE_LIMIT", "CONCURRENCY")}
+        rate_limits = dict(DEFAULT_RATE_LIMITS)
+        concurrency: dict[str, int] = {}
         for name, raw in sorted(env.items()):
             if not name.startswith(PREFIX):
                 continue
@@ -170,8 +215,13 @@ class Settings:
             try:
                 if key in per_provider:
                     provider, kind = per_provider[key]
-                    target = overdue if kind == "OVERDUE_AFTER" else critical
-                    target[provider] = _positive_duration(raw)
+                    if kind == "RATE_LIMIT":
+                        rate_limits[provider] = _rate_limits(raw)
+                    elif kind == "CONCURRENCY":
+                        concurrency[provider] = _positive_int(raw)
+                    else:
+                        target = overdue if kind == "OVERDUE_AFTER" else critical
+                        target[provider] = _positive_duration(raw)
                 elif key in parsers:
                     values[key.lower()] = parsers[key](raw)
                 else:
@@ -180,6 +230,8 @@ class Settings:
                 raise SettingsError(f"{name}: {exc}") from None
         values["provider_overdue_after"] = overdue
         values["provider_critical_after"] = critical
+        values["rate_limits"] = rate_limits
+        values["concurrency"] = concurrency
         settings = cls(**values)
         settings.check()
         return settings
@@ -198,6 +250,9 @@ class Settings:
             raise SettingsError("TRACKER_ALERT_WEBHOOK_SECRET must start with whsec_ (Standard Webhooks format)")
         if self.alert_smtp_url and not self.alert_email_to:
             raise SettingsError("TRACKER_ALERT_EMAIL_TO is required when TRACKER_ALERT_SMTP_URL is set")
+
+    def concurrency_for(self, provider: str) -> int:
+        return self.concurrency.get(provider, 4)
 
     def overdue_for(self, provider: str) -> timedelta:
         return self.provider_overdue_after.get(provider, self.overdue_after)

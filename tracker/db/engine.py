@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from tracker.errors import SettingsError
@@ -48,7 +50,8 @@ def _sqlite_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF")
+        # FULL: a commit survives power loss, not only a killed process; webhooks are acknowledged after it.
+        cursor.execute("PRAGMA synchronous=FULL" if not memory else "PRAGMA synchronous=OFF")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -57,6 +60,13 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction that will write (write-locked from its start on SQLite), committed on success."""
+    with engine.connect().execution_options(**write_options(engine)) as conn, conn.begin():
+        yield conn
 
 
 def write_options(engine: Engine) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, RowMapping, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tracker.db.tables import api_keys, customers, history, inbound_events, uploads
+from tracker.db.tables import api_keys, customers, history, inbound_events, provider_state, uploads
 from tracker.domain.lifecycle import Snapshot, State
 
 SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_provider_time", "attempts",
@@ -243,3 +243,54 @@ def count_events_to_replay(conn: Connection, *, provider: str | None, outcomes: 
     if outcomes:
         query = query.where(inbound_events.c.outcome.in_(list(outcomes)))
     return int(conn.execute(query).scalar_one())
+
+
+# --- polling -------------------------------------------------------------------------------------------
+
+def lock_provider_state(conn: Connection, provider: str) -> Row[Any]:
+    """The provider's shared state row, created on first use, locked for this transaction."""
+    conn.execute(_insert(conn, provider_state).on_conflict_do_nothing(index_elements=[provider_state.c.provider]),
+                 {"provider": provider, "breaker_state": "closed", "breaker_failures": 0, "breaker_opens": 0})
+    query = select(provider_state).where(provider_state.c.provider == provider)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).one()
+
+
+def update_provider_state(conn: Connection, provider: str, values: Mapping[str, Any]) -> None:
+    conn.execute(update(provider_state).where(provider_state.c.provider == provider).values(**values))
+
+
+def provider_states(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(select(provider_state).order_by(provider_state.c.provider)))
+
+
+def claim_due(conn: Connection, provider: str, now: datetime, limit: int, owner: str, lease_until: datetime
+              ) -> list[Row[Any]]:
+    """Claim up to ``limit`` customers due for a poll: oldest due first, skipping rows another transaction
+    holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer at a time)."""
+    if limit <= 0:
+        return []
+    due = (
+        select(customers.c.id)
+        .where(customers.c.provider == provider, customers.c.next_poll_at <= now,
+               or_(customers.c.poll_lease_until.is_(None), customers.c.poll_lease_until < now))
+        .order_by(customers.c.next_poll_at, customers.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = [row.id for row in conn.execute(due)]
+    if not ids:
+        return []
+    conn.execute(update(customers).where(customers.c.id.in_(ids))
+                 .values(poll_lease_until=lease_until, poll_lease_owner=owner))
+    return list(conn.execute(select(customers).where(customers.c.id.in_(ids)).order_by(customers.c.next_poll_at,
+                                                                                          customers.c.id)))
+
+
+def count_due(conn: Connection, provider: str, now: datetime) -> int:
+    return int(conn.execute(
+        select(func.count()).select_from(customers).where(customers.c.provider == provider,
+                                                          customers.c.next_poll_at <= now)
+    ).scalar_one())

@@ -35,6 +35,7 @@ class Customer(SQLModel, table=True):
         Index("ix_customers_provider_state_updated", "provider", "state", "updated_at", "id"),
         Index("ix_customers_state_pending_since", "state", "pending_since"),
         Index("ix_customers_reference", "reference"),
+        Index("ix_customers_due_poll", "provider", "next_poll_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -57,6 +58,30 @@ class Customer(SQLModel, table=True):
     flags: str | None = Field(default=None, sa_column=Column(Text))  # JSON list of flag names
     created_at: datetime = Field(sa_column=_ts(nullable=False))
     updated_at: datetime = Field(sa_column=_ts(nullable=False))
+    # Polling: due time, the claim (lease) of the worker polling it, consecutive failures.
+    next_poll_at: datetime | None = Field(default=None, sa_column=_ts())
+    poll_lease_until: datetime | None = Field(default=None, sa_column=_ts())
+    poll_lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
+    poll_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    last_polled_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_signal_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class ProviderState(SQLModel, table=True):
+    """Shared by every worker: the provider's circuit breaker, its Retry-After hold, and the pacing cursor."""
+
+    __tablename__ = "provider_state"
+
+    provider: str = Field(sa_column=Column(String(32), primary_key=True))
+    breaker_state: str = Field(default="closed", sa_column=Column(String(16), nullable=False,
+                                                                  server_default="closed"))
+    breaker_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    breaker_open_until: datetime | None = Field(default=None, sa_column=_ts())
+    breaker_opens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    blocked_until: datetime | None = Field(default=None, sa_column=_ts())
+    next_slot_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class InboundEvent(SQLModel, table=True):
@@ -148,3 +173,4 @@ inbound_events: Table = InboundEvent.__table__  # type: ignore[attr-defined]
 history: Table = HistoryRow.__table__  # type: ignore[attr-defined]
 uploads: Table = Upload.__table__  # type: ignore[attr-defined]
 api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
+provider_state: Table = ProviderState.__table__  # type: ignore[attr-defined]

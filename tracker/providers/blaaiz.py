@@ -12,11 +12,25 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
+import httpx
+
+from tracker.clock import Clock
 from tracker.domain.events import ParsedEvent, ParseError
 from tracker.domain.lifecycle import Signal, Source, Trigger
+from tracker.providers.base import (
+    CustomerRef,
+    ProviderError,
+    StatusReport,
+    TokenCache,
+    json_body,
+    status_error,
+    transport_error,
+)
 
 NAME = "blaaiz"
 SIGNATURE_HEADER = "x-blaaiz-signature"
@@ -154,3 +168,125 @@ def parse(payload: Any) -> ParsedEvent:
     return ParsedEvent(NAME, event_type, event_id_text, print_, str(customer_id), None, signal,
                        ignore_reason=None if known else f"unknown Blaaiz status {status!r} kept as is",
                        unknown_status=not known)
+
+
+# --- status reads (polling) ----------------------------------------------------------------------------
+
+def map_status(customer: Mapping[str, Any]) -> StatusReport:
+    """Map a Blaaiz customer record (``data`` of GET /api/external/customer/{id}) to the lifecycle. Pure."""
+    raw = customer.get("verification_status")
+    if not isinstance(raw, str) or not raw:
+        raise ParseError("the customer record has no verification_status")
+    status = raw.strip().upper()
+    known = status in STATUS_TRIGGERS
+    comment: str | None = None
+    flags: tuple[str, ...] = ()
+    if status == "REJECTED":
+        comments = [str(item["admin_comments"]) for key in ("owners", "documents")
+                    for item in customer.get(key) or () if isinstance(item, dict) and item.get("admin_comments")]
+        comment = "; ".join(comments) or None
+        if customer.get("type") == "business" and not comments:
+            # PROVIDERS.md: a rejected business with no admin comments is itself a case for Blaaiz support.
+            flags = ("rejected_without_comments",)
+    signal = Signal(trigger=STATUS_TRIGGERS.get(status), source=Source.POLL, provider_status=status,
+                    provider_time=parse_time(customer.get("updated_at")), comment=comment)
+    return StatusReport(str(customer.get("id", "")), status, signal, unknown=not known, flags=flags,
+                        detail={"type": customer.get("type")})
+
+
+class BlaaizAdapter:
+    """Blaaiz API: OAuth client credentials (900 s tokens, renewed early), customer status reads."""
+
+    name = NAME
+    scope = "customer:read"
+
+    def __init__(self, client: httpx.AsyncClient, clock: Clock, base_url: str, client_id: str,
+                 client_secret: str) -> None:
+        self.client = client
+        self.clock = clock
+        self.base_url = base_url.rstrip("/")
+        self._credentials = {"grant_type": "client_credentials", "client_id": client_id,
+                             "client_secret": client_secret, "scope": self.scope}
+        self.tokens = TokenCache(clock, self._fetch_token)
+        self.rate_limit: dict[str, str] = {}
+
+    async def _fetch_token(self) -> tuple[str, datetime]:
+        try:
+            response = await self.client.post(f"{self.base_url}/oauth/token", data=self._credentials)
+        except httpx.HTTPError as exc:
+            raise transport_error(NAME, exc) from None
+        body = json_body(NAME, response)
+        if response.status_code != 200:
+            raise status_error(NAME, response, _message(body, "token refused"), self.clock.now())
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProviderError(NAME, "unexpected", "the token answer has no access_token")
+        try:
+            lifetime = float(body.get("expires_in", 900))
+        except (TypeError, ValueError):
+            lifetime = 900.0
+        return token, self.clock.now() + timedelta(seconds=lifetime)
+
+    async def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET with the bearer token; one re-authentication and one retry on 401, never a loop."""
+        for attempt in (1, 2):
+            token = await self.tokens.get()
+            try:
+                response = await self.client.get(f"{self.base_url}{path}", params=params,
+                                                 headers={"authorization": f"Bearer {token}",
+                                                          "accept": "application/json"})
+            except httpx.HTTPError as exc:
+                raise transport_error(NAME, exc) from None
+            self.rate_limit = {k: v for k, v in response.headers.items() if k.lower().startswith("x-ratelimit-")}
+            if response.status_code == 401 and attempt == 1:
+                self.tokens.invalidate(token)
+                continue
+            body = json_body(NAME, response)
+            if response.status_code != 200 or (isinstance(body, dict) and body.get("status") is False):
+                raise status_error(NAME, response, _message(body, "request refused"), self.clock.now())
+            return body
+        raise AssertionError("unreachable")
+
+    async def fetch_status(self, customer: CustomerRef) -> StatusReport:
+        body = await self._get(f"/api/external/customer/{quote(customer.provider_customer_id, safe='')}")
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise ProviderError(NAME, "unexpected", "the customer answer has no data object")
+        try:
+            report = map_status(data)
+        except ParseError as exc:
+            raise ProviderError(NAME, "unexpected", str(exc)) from None
+        if not report.provider_customer_id:
+            report = replace(report, provider_customer_id=customer.provider_customer_id)
+        return report
+
+    async def list_page(self, verification_status: str, customer_type: str, page: int) -> tuple[list[StatusReport],
+                                                                                               bool]:
+        """One page (15, newest first) of customers with a given status; returns the reports and whether more
+        pages follow."""
+        body = await self._get("/api/external/customer", {
+            "verification_status": verification_status, "type": customer_type, "paginate": "true",
+            "page": str(page)})
+        data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, list):  # not paginated after all
+            items, more = data, False
+        elif isinstance(data, dict) and isinstance(data.get("data"), list):
+            items = data["data"]
+            last = data.get("last_page")
+            more = bool(data.get("next_page_url")) or (isinstance(last, int) and page < last)
+        else:
+            raise ProviderError(NAME, "unexpected", "the list answer has no data")
+        reports = []
+        for item in items:
+            if isinstance(item, dict) and item.get("id") is not None:
+                try:
+                    reports.append(map_status(item))
+                except ParseError:
+                    continue
+        return reports, more
+
+
+def _message(body: Any, default: str) -> str:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return default

@@ -77,19 +77,24 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error(500, "internal", "an unexpected error happened; it has been logged")
 
 
-def create_app(container: Any, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
+def create_app(container: Any, *, worker: bool = False) -> Starlette:
+    """The app. ``worker``: also run the scheduler (polling) in this process, as ``tracker serve`` does."""
     routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
 
     @asynccontextmanager
-    async def default_lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         container.start()
+        if worker:
+            await container.start_worker()
         try:
             yield
         finally:
+            if worker:
+                await container.stop_worker()
             container.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan or default_lifespan, exception_handlers={
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
     })

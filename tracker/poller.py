@@ -1,0 +1,236 @@
+"""Polling: claim due customers, pace requests to each provider's budget, apply what the provider says.
+
+The database decides who polls what: a tick claims due customers with a lease (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so any number of workers share the work without polling a customer twice in one interval, and a
+killed worker's claims return once their lease expires. Provider-wide state (circuit breaker, Retry-After
+hold, the pacing cursor that spreads requests evenly within the budget) lives in ``provider_state``, shared by
+every worker. Each result is applied in one transaction with the customer's next due time, so a crash between
+the two cannot poll or apply twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row
+
+from tracker.clock import Clock
+from tracker.db import queries
+from tracker.db.engine import write_transaction
+from tracker.domain.lifecycle import Decision
+from tracker.domain.polling import PollPolicy, failure_backoff, next_poll
+from tracker.domain.provider_health import (
+    Breaker,
+    BreakerPolicy,
+    breaker_admits,
+    breaker_failure,
+    breaker_success,
+    reserve,
+)
+from tracker.metrics import Metrics
+from tracker.providers.base import Adapter, CustomerRef, ProviderError, StatusReport
+from tracker.transitions import ConcurrentChange, apply_signal, subject_of
+
+log = logging.getLogger("tracker.poller")
+DEFAULT_HOLD = timedelta(seconds=30)  # a 429 without Retry-After holds the provider this long
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    adapter: Adapter
+    gap: timedelta = timedelta(0)  # pacing between two requests (0: no budget)
+    concurrency: int = 4
+
+
+class Poller:
+    def __init__(self, engine: Engine, clock: Clock, plans: dict[str, ProviderPlan], policy: PollPolicy, *,
+                 owner: str, lease: timedelta = timedelta(seconds=60), horizon: timedelta = timedelta(seconds=2),
+                 breaker: BreakerPolicy | None = None, metrics: Metrics | None = None,
+                 on_change: Callable[[list[dict[str, Any]]], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.plans = plans
+        self.policy = policy
+        self.owner = owner
+        self.lease = lease
+        self.horizon = horizon
+        self.breaker = breaker or BreakerPolicy()
+        self.metrics = metrics
+        self.on_change = on_change
+        self.rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+        self._inflight: dict[str, int] = dict.fromkeys(plans, 0)
+        self._semaphores = {name: asyncio.Semaphore(plan.concurrency) for name, plan in plans.items()}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the tick -----------------------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Claim and start due polls for every provider; returns how many were started."""
+        started = 0
+        for provider, plan in self.plans.items():
+            room = 2 * plan.concurrency - self._inflight[provider]
+            if room <= 0:
+                continue
+            try:
+                claims = await asyncio.to_thread(self._admit, provider, plan, room)
+            except Exception:
+                log.exception("claiming due %s polls failed", provider)
+                continue
+            for row, slot in claims:
+                self._inflight[provider] += 1
+                task = asyncio.create_task(self._poll(provider, plan, row, slot))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            started += len(claims)
+        return started
+
+    async def drain(self) -> None:
+        """Wait for every poll in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _admit(self, provider: str, plan: ProviderPlan, room: int) -> list[tuple[Row[Any], datetime]]:
+        now = self.clock.now()
+        with self._begin() as conn:
+            state = queries.lock_provider_state(conn, provider)
+            breaker = Breaker(state.breaker_state, state.breaker_failures, state.breaker_open_until,
+                              state.breaker_opens)
+            allowed, breaker = breaker_admits(breaker, now)
+            limit = room if allowed is None else min(room, allowed)
+            if state.blocked_until is not None and state.blocked_until > now:
+                limit = 0
+            if plan.gap > timedelta(0):
+                ahead = (state.next_slot_at or now) - now
+                limit = min(limit, max(0, int((self.horizon - ahead) / plan.gap)))
+            claims = queries.claim_due(conn, provider, now, limit, self.owner, now + self.lease)
+            slots, cursor = reserve(state.next_slot_at, state.blocked_until, now, len(claims), plan.gap)
+            values: dict[str, Any] = {"breaker_state": breaker.state, "updated_at": now}
+            if claims and plan.gap > timedelta(0):
+                values["next_slot_at"] = cursor
+            queries.update_provider_state(conn, provider, values)
+        return list(zip(claims, slots, strict=True))
+
+    # -- one poll -----------------------------------------------------------------------------------------
+
+    async def _poll(self, provider: str, plan: ProviderPlan, row: Row[Any], slot: datetime) -> None:
+        try:
+            wait = (slot - self.clock.now()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            ref = CustomerRef(row.provider_customer_id, row.customer_type, row.application_id)
+            async with self._semaphores[provider]:
+                try:
+                    report = await plan.adapter.fetch_status(ref)
+                except ProviderError as exc:
+                    await asyncio.to_thread(self._record_failure, provider, row.id, exc)
+                    return
+                except Exception as exc:  # an adapter bug must not kill the worker
+                    log.exception("polling %s customer %s failed unexpectedly", provider, row.id)
+                    error = ProviderError(provider, "unexpected", f"{type(exc).__name__}")
+                    await asyncio.to_thread(self._record_failure, provider, row.id, error)
+                    return
+            await asyncio.to_thread(self._record_success, provider, row.id, report)
+        except Exception:
+            log.exception("recording a %s poll of customer %s failed", provider, row.id)
+        finally:
+            self._inflight[provider] -= 1
+
+    def _record_success(self, provider: str, customer_id: int, report: StatusReport) -> None:
+        now = self.clock.now()
+        changes: list[dict[str, Any]] = []
+        with self._begin() as conn:
+            row = self._held(conn, customer_id)
+            if row is not None:
+                flags = queries.flags_of(row._mapping)
+                new_flags = [*flags, *(f for f in report.flags if f not in flags)]
+                if report.unknown and f"unknown_status:{report.provider_status}" not in new_flags:
+                    new_flags.append(f"unknown_status:{report.provider_status}")
+                    log.warning("%s answered an undocumented status %r for customer %s; kept raw, treated as in "
+                                "progress", provider, report.provider_status, customer_id)
+                    if self.metrics is not None:
+                        self.metrics.unknown_status.labels(provider).inc()
+
+                def bookkeeping(decision: Decision) -> dict[str, Any]:
+                    after = decision.after
+                    subject = subject_of(row._mapping, after.state, polled_at=now, signal_at=now,
+                                         pending_since=after.pending_since)
+                    values: dict[str, Any] = {
+                        "next_poll_at": next_poll(subject, self.policy, now), "poll_lease_until": None,
+                        "poll_lease_owner": None, "poll_failures": 0, "last_polled_at": now, "last_signal_at": now,
+                    }
+                    if new_flags != flags:
+                        values["flags"] = json.dumps(new_flags)
+                        values["version"] = max(after.version, row.version + 1)
+                    return values
+
+                try:
+                    applied = apply_signal(conn, row, report.signal, now, f"poll:{self.owner}", bookkeeping)
+                except ConcurrentChange:
+                    log.info("customer %s changed during its poll; the next poll will see it", customer_id)
+                    raise
+                changes = applied.changes
+            self._provider_result(conn, provider, None, now)
+        if self.metrics is not None:
+            self.metrics.polls.labels(provider, "ok").inc()
+            for change in changes:
+                self.metrics.observe_transition(provider, change["from"], change["to"], change["trigger"], "poll")
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+
+    def _record_failure(self, provider: str, customer_id: int, error: ProviderError) -> None:
+        now = self.clock.now()
+        log.warning("poll of %s customer %s failed: %s (%s)", provider, customer_id, error.message, error.kind)
+        with self._begin() as conn:
+            row = self._held(conn, customer_id)
+            if row is not None:
+                failures = row.poll_failures + 1
+                delay = failure_backoff(failures, self.policy, self.rng.random())
+                queries.update_customers(conn, [{
+                    "_id": row.id, "_old_version": row.version, "poll_failures": failures,
+                    "next_poll_at": now + delay, "poll_lease_until": None, "poll_lease_owner": None,
+                    "last_polled_at": now,
+                }])
+            self._provider_result(conn, provider, error, now)
+        if self.metrics is not None:
+            self.metrics.polls.labels(provider, error.kind).inc()
+
+    def _held(self, conn: Connection, customer_id: int) -> Row[Any] | None:
+        """The customer row, locked, if this worker still holds its claim."""
+        row = queries.lock_customer(conn, customer_id)
+        if row is None or row.poll_lease_owner != self.owner:
+            log.info("claim on customer %s was lost (lease expired); dropping this result", customer_id)
+            return None
+        return row
+
+    def _provider_result(self, conn: Connection, provider: str, error: ProviderError | None, now: datetime) -> None:
+        state = queries.lock_provider_state(conn, provider)
+        breaker = Breaker(state.breaker_state, state.breaker_failures, state.breaker_open_until, state.breaker_opens)
+        values: dict[str, Any] = {"updated_at": now}
+        if error is None:
+            breaker = breaker_success(breaker)
+        elif error.kind == "rate_limited":
+            hold = timedelta(seconds=error.retry_after) if error.retry_after is not None else DEFAULT_HOLD
+            until = max(now + hold, state.blocked_until or now)
+            values["blocked_until"] = until
+            values["next_slot_at"] = max(until, state.next_slot_at or until)
+        elif error.retryable or error.kind == "unexpected":
+            breaker = breaker_failure(breaker, now, self.breaker)
+        if error is not None:
+            values["last_error"] = f"{error.kind}: {error.message}"[:500]
+            if error.retry_after is not None and error.kind != "rate_limited":
+                values["blocked_until"] = max(now + timedelta(seconds=error.retry_after), state.blocked_until or now)
+        values.update(breaker_state=breaker.state, breaker_failures=breaker.failures,
+                      breaker_open_until=breaker.open_until, breaker_opens=breaker.opens)
+        queries.update_provider_state(conn, provider, values)
+
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
