@@ -21,7 +21,7 @@ from tracker.customers import Customers
 from tracker.db import migrate, queries
 from tracker.db.engine import check_engine, make_engine
 from tracker.domain.polling import PollPolicy
-from tracker.domain.provider_health import spacing
+from tracker.domain.provider_health import BreakerPolicy, spacing
 from tracker.ingest import GroupCommitter, Ingestor
 from tracker.metrics import Metrics
 from tracker.poller import Poller, ProviderPlan
@@ -124,8 +124,11 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
                                 settings.concurrency_for(name))
              for name, adapter in adapters(settings, http, clock).items()}
     owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
+    # is polled again within one interval.
+    breaker = BreakerPolicy(max_cooldown=min(timedelta(minutes=5), settings.poll_interval / 4))
     poller = Poller(engine, clock, plans, policy, owner=owner, lease=settings.poll_lease,
-                    horizon=max(settings.tick * 2, timedelta(seconds=1)), metrics=metrics)
+                    horizon=max(settings.tick * 2, timedelta(seconds=1)), breaker=breaker, metrics=metrics)
     container = Container(
         settings=settings, clock=clock, engine=engine, metrics=metrics, ingestor=ingestor,
         committer=GroupCommitter(ingestor), customers=Customers(engine, clock, metrics, policy=policy),

@@ -15,12 +15,13 @@ from sqlalchemy import Connection, Engine, Row
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
+from tracker.db.reads import CustomerReads
 from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger, decide
 from tracker.domain.polling import PollPolicy
 from tracker.errors import Conflict, Invalid, NotFound
 from tracker.metrics import Metrics
 from tracker.providers import blaaiz
-from tracker.transitions import ConcurrentChange, apply_signal
+from tracker.transitions import ConcurrentChange, apply_signal, initial_poll
 
 CUSTOMER_TYPES = ("individual", "business")
 # The documented document types of the providers that have no fixed upload slots.
@@ -68,6 +69,7 @@ class Customers:
         self.clock = clock
         self.metrics = metrics
         self.on_change = on_change
+        self.reads = CustomerReads(engine)
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -87,12 +89,12 @@ class Customers:
             raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
         now = self.clock.now()
         wanted = {"customer_type": customer_type, "reference": reference, "application_id": application_id}
+        new = {"provider": provider, "provider_customer_id": pcid, "state": State.AWAITING_DOCUMENTS.value,
+               "version": 1, "discovered_by": "api", "created_at": now, "updated_at": now, "tier": "none",
+               "attempts": 0, "rejections": 0, **wanted}
+        new["next_poll_at"] = initial_poll(new, now, self.policy)
         with self._begin() as conn:
-            created = queries.insert_customer(conn, {
-                "provider": provider, "provider_customer_id": pcid, "state": State.AWAITING_DOCUMENTS.value,
-                "version": 1, "discovered_by": "api", "created_at": now, "updated_at": now, "tier": "none",
-                "attempts": 0, "rejections": 0, **wanted,
-            })
+            created = queries.insert_customer(conn, new)
             row = queries.lock_customers(conn, provider, [pcid])[pcid]
             fill = {}
             for name, value in wanted.items():
@@ -105,6 +107,8 @@ class Customers:
                     raise Conflict(f"{provider} customer {pcid} is registered already with {name} {current!r}, "
                                    f"not {value!r}")
             if fill:
+                if row.next_poll_at is None and row.state != State.VERIFIED.value:
+                    fill["next_poll_at"] = initial_poll({**row._mapping, **fill}, now, self.policy)
                 fill.update(_id=row.id, _old_version=row.version, version=row.version + 1, updated_at=now)
                 queries.update_customers(conn, [fill])
                 row = self._lock(conn, row.id)
@@ -177,6 +181,13 @@ class Customers:
             raise NotFound(f"no customer with id {customer_id}")
         return row
 
+    async def fetch(self, customer_id: int) -> dict[str, Any]:
+        """The API's read of one customer (the hot path; see tracker.db.reads): its columns as a dict."""
+        row = await self.reads.get(customer_id)
+        if row is None:
+            raise NotFound(f"no customer with id {customer_id}")
+        return row
+
     def history(self, customer_id: int) -> tuple[Row[Any], list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
         with self.engine.connect() as conn:
             row = queries.get_customer(conn, customer_id)
@@ -185,9 +196,10 @@ class Customers:
             return (row, queries.customer_history(conn, customer_id), queries.customer_events(conn, customer_id),
                     queries.customer_uploads(conn, customer_id))
 
-    def page(self, **filters: Any) -> list[Row[Any]]:
+    def page(self, **filters: Any) -> list[dict[str, Any]]:
+        """A page of the list, newest change first (filters as ``queries.list_customers``); rows as dicts."""
         with self.engine.connect() as conn:
-            return queries.list_customers(conn, **filters)
+            return self.reads.page(conn, **filters)
 
     # -- helpers ------------------------------------------------------------------------------------------
 

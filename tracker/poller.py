@@ -32,6 +32,7 @@ from tracker.domain.provider_health import (
     BreakerPolicy,
     breaker_admits,
     breaker_failure,
+    breaker_held,
     breaker_success,
     reserve,
 )
@@ -77,7 +78,9 @@ class Poller:
         """Claim and start due polls for every provider; returns how many were started."""
         started = 0
         for provider, plan in self.plans.items():
-            room = 2 * plan.concurrency - self._inflight[provider]
+            # Polls in flight include those waiting for their paced slot: leave room for a horizon's worth.
+            paced = int(self.horizon / plan.gap) if plan.gap > timedelta(0) else 0
+            room = 2 * plan.concurrency + paced - self._inflight[provider]
             if room <= 0:
                 continue
             try:
@@ -104,7 +107,7 @@ class Poller:
             state = queries.lock_provider_state(conn, provider)
             breaker = Breaker(state.breaker_state, state.breaker_failures, state.breaker_open_until,
                               state.breaker_opens)
-            allowed, breaker = breaker_admits(breaker, now)
+            allowed, breaker = breaker_admits(breaker, now, self.lease)
             limit = room if allowed is None else min(room, allowed)
             if state.blocked_until is not None and state.blocked_until > now:
                 limit = 0
@@ -113,7 +116,8 @@ class Poller:
                 limit = min(limit, max(0, int((self.horizon - ahead) / plan.gap)))
             claims = queries.claim_due(conn, provider, now, limit, self.owner, now + self.lease)
             slots, cursor = reserve(state.next_slot_at, state.blocked_until, now, len(claims), plan.gap)
-            values: dict[str, Any] = {"breaker_state": breaker.state, "updated_at": now}
+            values: dict[str, Any] = {"breaker_state": breaker.state, "breaker_open_until": breaker.open_until,
+                                      "updated_at": now}
             if claims and plan.gap > timedelta(0):
                 values["next_slot_at"] = cursor
             queries.update_provider_state(conn, provider, values)
@@ -222,6 +226,7 @@ class Poller:
             until = max(now + hold, state.blocked_until or now)
             values["blocked_until"] = until
             values["next_slot_at"] = max(until, state.next_slot_at or until)
+            breaker = breaker_held(breaker, until)
         elif error.retryable or error.kind == "unexpected":
             breaker = breaker_failure(breaker, now, self.breaker)
         if error is not None:

@@ -36,6 +36,16 @@ def rescheduled(row: Mapping[str, Any] | RowMapping, decision: Decision, now: da
                      now)
 
 
+def initial_poll(values: Mapping[str, Any] | RowMapping, now: datetime, policy: PollPolicy | None
+                 ) -> datetime | None:
+    """When to poll a customer first (registration, discovery). connectFi needs the application id to ask."""
+    if policy is None or (values["provider"] == "connectfi" and not values.get("application_id")):
+        return None
+    subject = PollSubject(values["provider"], values["customer_type"], State(values["state"]),
+                          values.get("pending_since"), values.get("last_signal_at"), values.get("last_polled_at"))
+    return next_poll(subject, policy, now)
+
+
 class ConcurrentChange(Exception):
     """The row changed between the read and the write (its version moved)."""
 

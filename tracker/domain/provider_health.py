@@ -32,15 +32,24 @@ class BreakerPolicy:
     max_cooldown: timedelta = timedelta(minutes=5)
 
 
-def breaker_admits(breaker: Breaker, now: datetime) -> tuple[int | None, Breaker]:
-    """How many requests may start now (None: no limit from the breaker), and the breaker after asking."""
+def breaker_admits(breaker: Breaker, now: datetime, probe_timeout: timedelta = timedelta(seconds=60)
+                   ) -> tuple[int | None, Breaker]:
+    """How many requests may start now (None: no limit from the breaker), and the breaker after asking.
+
+    Half open lets one probe through; if its answer never comes (the worker died), another probe goes after
+    ``probe_timeout``."""
     if breaker.state == "closed":
         return None, breaker
-    if breaker.state == "open" and breaker.open_until is not None and now < breaker.open_until:
+    if breaker.open_until is not None and now < breaker.open_until:
         return 0, breaker
-    if breaker.state == "open":
-        return 1, replace(breaker, state="half_open")
-    return 0, breaker  # half_open: the probe is out
+    return 1, replace(breaker, state="half_open", open_until=now + probe_timeout)
+
+
+def breaker_held(breaker: Breaker, until: datetime) -> Breaker:
+    """The provider asked us to wait (429 with Retry-After): a probe that met it proves nothing either way."""
+    if breaker.state == "half_open":
+        return replace(breaker, state="open", open_until=until)
+    return breaker
 
 
 def breaker_success(breaker: Breaker) -> Breaker:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tracker.providers.simulators.blaaiz import BlaaizSimulator
 from tracker.providers.simulators.common import (
     Delivery,
+    HostRouter,
     RequestRecord,
     SimulatorBase,
     StatusChange,
@@ -31,6 +32,7 @@ __all__ = [
     "ConnectFiSimulator",
     "CryptoPocketSimulator",
     "Delivery",
+    "HostRouter",
     "RequestRecord",
     "SimulatorBase",
     "StatusChange",

@@ -166,6 +166,23 @@ class TimeoutASGITransport(httpx.ASGITransport):
             raise httpx.ReadTimeout(f"the simulator did not answer within {read} s", request=request) from None
 
 
+class HostRouter(httpx.AsyncBaseTransport):
+    """One transport for several simulators, chosen by the request's host (the tracker has one HTTP client)."""
+
+    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
+        self.routes = routes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self.routes.get(request.url.host)
+        if transport is None:
+            raise httpx.ConnectError(f"no simulator for host {request.url.host}", request=request)
+        return await transport.handle_async_request(request)
+
+    @classmethod
+    def of(cls, *simulators: SimulatorBase) -> HostRouter:
+        return cls({httpx.URL(sim.default_base_url).host: sim.transport() for sim in simulators})
+
+
 class SimulatorBase:
     """Common state and request pipeline. Subclasses add routes and the provider's own answers."""
 
