@@ -321,3 +321,24 @@ async def test_provider_outage_then_recovery(database_url, clock, sims) -> None:
         await container.poller.drain()
         await container.http.aclose()
         container.engine.dispose()
+
+
+async def test_blaaiz_list_reconciles_many_pending_customers_in_few_calls(polling, clock, sims) -> None:
+    sim = sims["blaaiz"]
+    ids = {}
+    for n in range(30):
+        pcid = f"cus_r{n:02d}"
+        sim.add_customer(pcid, "PROCESSING" if n < 25 else "VERIFIED")
+        ids[pcid] = register(polling, "blaaiz", pcid)
+        polling.customers.submit(ids[pcid])
+    clock.advance(timedelta(minutes=10))
+    assert await tick(polling) == 30
+    list_calls = sim.count(path_contains="/api/external/customer", method="GET") - sum(
+        sim.count(path_contains=f"/customer/{pcid}") for pcid in ids)
+    single_calls = sum(sim.count(path_contains=f"/customer/{pcid}") for pcid in ids)
+    assert list_calls == 2  # 25 in review, 15 a page
+    assert single_calls == 5  # only those not found in the lists
+    states = {pcid: row(polling, cid).state for pcid, cid in ids.items()}
+    assert [p for p, s in states.items() if s == "verified"] == [f"cus_r{n}" for n in range(25, 30)]
+    assert all(row(polling, cid).last_polled_at == clock.now() for cid in ids.values())
+    assert all(row(polling, cid).next_poll_at > clock.now() for pcid, cid in ids.items() if states[pcid] == "pending")

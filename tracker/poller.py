@@ -14,11 +14,11 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Engine, Row
 
@@ -42,6 +42,18 @@ from tracker.transitions import ConcurrentChange, apply_signal, subject_of
 
 log = logging.getLogger("tracker.poller")
 DEFAULT_HOLD = timedelta(seconds=30)  # a 429 without Retry-After holds the provider this long
+RECONCILE_MIN = 10  # due customers at a provider with a list endpoint before a batch reconciliation pays
+RECONCILE_CLAIM = 150  # customers one reconciliation settles at most (ten pages)
+
+
+@runtime_checkable
+class Lister(Protocol):
+    """An adapter that can list customers by status, 15 a page (Blaaiz)."""
+
+    in_review_statuses: tuple[str, ...]
+
+    async def list_page(self, verification_status: str, customer_type: str, page: int
+                        ) -> tuple[list[StatusReport], bool]: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ class Poller:
     # -- the tick -----------------------------------------------------------------------------------------
 
     async def tick(self) -> int:
-        """Claim and start due polls for every provider; returns how many were started."""
+        """Claim and start due polls for every provider; returns how many customers were claimed."""
         started = 0
         for provider, plan in self.plans.items():
             # Polls in flight include those waiting for their paced slot: leave room for a horizon's worth.
@@ -84,24 +96,33 @@ class Poller:
             if room <= 0:
                 continue
             try:
-                claims = await asyncio.to_thread(self._admit, provider, plan, room)
+                rows, slots, batch = await asyncio.to_thread(self._admit, provider, plan, room)
             except Exception:
                 log.exception("claiming due %s polls failed", provider)
                 continue
-            for row, slot in claims:
-                self._inflight[provider] += 1
-                task = asyncio.create_task(self._poll(provider, plan, row, slot))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            started += len(claims)
+            self._inflight[provider] += len(rows)
+            if batch:
+                self._spawn(self._reconcile(provider, plan, rows, slots[0]))
+            else:
+                for row, slot in zip(rows, slots, strict=True):
+                    self._spawn(self._poll(provider, plan, row, slot))
+            started += len(rows)
         return started
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         """Wait for every poll in flight (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _admit(self, provider: str, plan: ProviderPlan, room: int) -> list[tuple[Row[Any], datetime]]:
+    def _admit(self, provider: str, plan: ProviderPlan, room: int
+               ) -> tuple[list[Row[Any]], list[datetime], bool]:
+        """Claim due customers and reserve send times: one per customer, or, when many are due at a provider
+        with a list endpoint, one for the first page of a batch reconciliation."""
         now = self.clock.now()
         with self._begin() as conn:
             state = queries.lock_provider_state(conn, provider)
@@ -112,24 +133,83 @@ class Poller:
             if state.blocked_until is not None and state.blocked_until > now:
                 limit = 0
             if plan.gap > timedelta(0):
-                ahead = (state.next_slot_at or now) - now
-                limit = min(limit, max(0, int((self.horizon - ahead) / plan.gap)))
-            claims = queries.claim_due(conn, provider, now, limit, self.owner, now + self.lease)
-            slots, cursor = reserve(state.next_slot_at, state.blocked_until, now, len(claims), plan.gap)
+                ahead = max((state.next_slot_at or now) - now, timedelta(0))
+                fits = int((self.horizon - ahead) / plan.gap)
+                limit = min(limit, max(fits, 1 if ahead < self.horizon else 0))
+            batch = (limit > 0 and allowed is None and isinstance(plan.adapter, Lister)
+                     and queries.count_due(conn, provider, now) >= RECONCILE_MIN)
+            claims = queries.claim_due(conn, provider, now, RECONCILE_CLAIM if batch else limit,
+                                       self.owner, now + self.lease)
+            slots, cursor = reserve(state.next_slot_at, state.blocked_until, now, 1 if batch else len(claims),
+                                    plan.gap)
             values: dict[str, Any] = {"breaker_state": breaker.state, "breaker_open_until": breaker.open_until,
                                       "updated_at": now}
             if claims and plan.gap > timedelta(0):
                 values["next_slot_at"] = cursor
             queries.update_provider_state(conn, provider, values)
-        return list(zip(claims, slots, strict=True))
+        return claims, slots[:len(claims)], batch
+
+    def _reserve(self, provider: str, plan: ProviderPlan, count: int) -> list[datetime]:
+        now = self.clock.now()
+        with self._begin() as conn:
+            state = queries.lock_provider_state(conn, provider)
+            slots, cursor = reserve(state.next_slot_at, state.blocked_until, now, count, plan.gap)
+            if plan.gap > timedelta(0):
+                queries.update_provider_state(conn, provider, {"next_slot_at": cursor, "updated_at": now})
+        return slots
+
+    # -- batch reconciliation -----------------------------------------------------------------------------
+
+    async def _reconcile(self, provider: str, plan: ProviderPlan, rows: list[Row[Any]], first: datetime) -> None:
+        """Read the provider's lists of customers still in review (15 a call) and settle every claimed customer
+        found there; poll the rest one by one."""
+        lister = plan.adapter
+        assert isinstance(lister, Lister)
+        wanted = {row.provider_customer_id for row in rows}
+        seen: dict[str, StatusReport] = {}
+        pages_left = max(1, len(rows) // 15)
+        slot: datetime | None = first
+        try:
+            for status in lister.in_review_statuses:
+                page, more = 1, True
+                while more and pages_left > 0 and len(seen) < len(wanted):
+                    if slot is None:
+                        slot = (await asyncio.to_thread(self._reserve, provider, plan, 1))[0]
+                    await self._wait(slot)
+                    slot = None
+                    async with self._semaphores[provider]:
+                        reports, more = await lister.list_page(status, "individual", page)
+                    pages_left -= 1
+                    page += 1
+                    seen.update({r.provider_customer_id: r for r in reports if r.provider_customer_id in wanted})
+        except ProviderError as exc:
+            log.warning("%s list reconciliation stopped: %s (%s)", provider, exc.message, exc.kind)
+            await asyncio.to_thread(self._provider_outcome, provider, exc)
+        settled = [row for row in rows if row.provider_customer_id in seen]
+        rest = [row for row in rows if row.provider_customer_id not in seen]
+        for row in settled:
+            try:
+                await asyncio.to_thread(self._record_success, provider, row.id, seen[row.provider_customer_id])
+            except Exception:
+                log.exception("recording a %s list result for customer %s failed", provider, row.id)
+            finally:
+                self._inflight[provider] -= 1
+        if self.metrics is not None and settled:
+            self.metrics.polls.labels(provider, "listed").inc(len(settled))
+        slots = await asyncio.to_thread(self._reserve, provider, plan, len(rest)) if rest else []
+        for row, each in zip(rest, slots, strict=True):
+            self._spawn(self._poll(provider, plan, row, each))
+
+    async def _wait(self, slot: datetime) -> None:
+        wait = (slot - self.clock.now()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     # -- one poll -----------------------------------------------------------------------------------------
 
     async def _poll(self, provider: str, plan: ProviderPlan, row: Row[Any], slot: datetime) -> None:
         try:
-            wait = (slot - self.clock.now()).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._wait(slot)
             ref = CustomerRef(row.provider_customer_id, row.customer_type, row.application_id)
             async with self._semaphores[provider]:
                 try:
@@ -206,6 +286,10 @@ class Poller:
             self._provider_result(conn, provider, error, now)
         if self.metrics is not None:
             self.metrics.polls.labels(provider, error.kind).inc()
+
+    def _provider_outcome(self, provider: str, error: ProviderError | None) -> None:
+        with self._begin() as conn:
+            self._provider_result(conn, provider, error, self.clock.now())
 
     def _held(self, conn: Connection, customer_id: int) -> Row[Any] | None:
         """The customer row, locked, if this worker still holds its claim."""

@@ -199,6 +199,8 @@ class BlaaizAdapter:
 
     name = NAME
     scope = "customer:read"
+    # The lists a batch reconciliation reads: customers found there are still under review.
+    in_review_statuses = ("PROCESSING", "PENDING")
 
     def __init__(self, client: httpx.AsyncClient, clock: Clock, base_url: str, client_id: str,
                  client_secret: str) -> None:
