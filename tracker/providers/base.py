@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -74,15 +75,18 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
         return None
     text = value.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        return None
+        # The obsolete asctime form carries no zone; every HTTP-date is GMT (RFC 9110 section 5.6.7).
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -117,9 +121,14 @@ def status_error(provider: str, response: httpx.Response, message: str, now: dat
 
 
 def json_body(provider: str, response: httpx.Response) -> Any:
+    """The decoded body. A success must be JSON (else ``unexpected``); an error answer need not be: gateways and
+    load balancers answer 502/503/429 with HTML or plain text, and its status code still says what happened, so
+    a non-JSON error body is ``None`` and the caller maps the status."""
     try:
         return response.json()
     except ValueError:
+        if not response.is_success:
+            return None
         raise ProviderError(provider, "unexpected", f"HTTP {response.status_code} with a body that is not JSON",
                             status_code=response.status_code) from None
 

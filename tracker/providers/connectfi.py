@@ -134,8 +134,9 @@ class ConnectFiAdapter:
             if response.status_code != 200 or not isinstance(body, dict) or str(body.get("code")) != "0":
                 error = status_error(NAME, response, _message(body, "request refused"), self.clock.now(),
                                      _code(body))
-                if response.status_code == 200:  # an error envelope with a 200
-                    error.kind = "not_found" if str(_code(body)).endswith("NotFound") else "invalid"
+                code = _code(body)
+                if response.status_code == 200 and code is not None:  # an error envelope with a 200
+                    error.kind = "not_found" if code.endswith("NotFound") else "invalid"
                 raise error
             return body
         raise AssertionError("unreachable")

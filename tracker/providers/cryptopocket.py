@@ -68,9 +68,11 @@ def verify(headers: Mapping[str, str], body: bytes, api_key: str | None, api_sec
            now: datetime) -> None:
     if not api_key or not api_secret:
         raise SignatureError("CryptoPocket webhooks need TRACKER_CRYPTOPOCKET_API_KEY and _API_SECRET")
-    key = headers.get(KEY_HEADER)
-    signature = headers.get(SIGNATURE_HEADER)
-    timestamp = headers.get(TIMESTAMP_HEADER)
+    # Header names are case-insensitive (the docs write X-API-Key); a plain dict must not make them case-sensitive.
+    lowered = {name.lower(): value for name, value in headers.items()}
+    key = lowered.get(KEY_HEADER)
+    signature = lowered.get(SIGNATURE_HEADER)
+    timestamp = lowered.get(TIMESTAMP_HEADER)
     if not key or not hmac.compare_digest(key.strip(), api_key):
         raise SignatureError("missing or unknown X-API-Key")
     if not signature:
@@ -167,6 +169,9 @@ class CryptoPocketAdapter:
                     self.tokens.invalidate(token)
                     continue
                 raise
+            if not isinstance(body, dict):
+                raise ProviderError(NAME, "unexpected", "the kyc/check answer is not a JSON object",
+                                    status_code=response.status_code)
             try:
                 raw, signal, unknown = map_kyc_status(body.get("kyc_status"), Source.POLL)
             except ParseError as exc:
