@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from tracker.domain.events import ParsedEvent, ParseError
-from tracker.providers import blaaiz
+from tracker.providers import blaaiz, connectfi, cryptopocket
 
-PARSERS = {blaaiz.NAME: blaaiz.parse}
+PARSERS = {blaaiz.NAME: blaaiz.parse, connectfi.NAME: connectfi.parse, cryptopocket.NAME: cryptopocket.parse}
 
 
 def parse_stored(provider: str, body: bytes) -> ParsedEvent:

@@ -24,6 +24,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # (path, method, endpoint, summary, OpenAPI extras key)
 ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/webhooks/blaaiz", "POST", webhooks.blaaiz_webhook, "Blaaiz customer webhook (signed)", "webhook"),
+    ("/webhooks/connectfi/{token}", "POST", webhooks.connectfi_webhook,
+     "connectFi akepa callback (unsigned; the path token authenticates it)", "webhook"),
+    ("/webhooks/cryptopocket", "POST", webhooks.cryptopocket_webhook,
+     "CryptoPocket KYC webhook (X-API-Key, X-Signature, X-Timestamp)", "webhook"),
     ("/v1/customers", "POST", api.register, "Register a customer (idempotent)", "register"),
     ("/v1/customers", "GET", api.list_customers, "List customers, newest change first", "list"),
     ("/v1/customers/{id:int}", "GET", api.get_customer, "One customer (ETag, 304)", "get"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import tracker
@@ -65,9 +66,11 @@ def document(routes: list[tuple[str, str, str, dict[str, Any]]]) -> dict[str, An
     for path, method, summary, extra in routes:
         operation: dict[str, Any] = {"summary": summary, "responses": extra.pop("responses", {
             "200": {"description": "OK"}})}
-        if "{id}" in path:
-            operation["parameters"] = [{"name": "id", "in": "path", "required": True,
-                                        "schema": {"type": "integer"}}]
+        names = re.findall(r"{(\w+)}", path)
+        if names:
+            operation["parameters"] = [{"name": name, "in": "path", "required": True,
+                                        "schema": {"type": "integer" if name == "id" else "string"}}
+                                       for name in names]
         operation.update(extra)
         paths.setdefault(path, {})[method.lower()] = operation
     return {

@@ -1,0 +1,175 @@
+"""POST /webhooks/connectfi/{token} and POST /webhooks/cryptopocket: same answers and rules as Blaaiz."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_settings
+from tracker.bootstrap import Container, build
+from tracker.clock import FakeClock
+from tracker.db.tables import customers, inbound_events
+from tracker.providers.simulators import ConnectFiSimulator, CryptoPocketSimulator
+from tracker.web.app import create_app
+
+TOKEN = "cf-path-token-123"  # noqa: S105 (a test value)
+KEY, SECRET = "sim-cryptopocket-key", "sim-cryptopocket-secret"
+
+
+@pytest.fixture
+async def app_client(database_url: str, clock: FakeClock) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    settings = make_settings(database_url, connectfi_webhook_token=TOKEN, cryptopocket_api_key=KEY,
+                             cryptopocket_api_secret=SECRET)
+    container = build(settings, clock)
+    container.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+                                 base_url="http://tracker.test") as client:
+        yield client, container
+    container.stop()
+    await container.http.aclose()
+    container.engine.dispose()
+
+
+def stored(container: Container) -> int:
+    with container.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(inbound_events)).scalar_one())
+
+
+def customer(container: Container, pcid: str) -> Any:
+    with container.engine.connect() as conn:
+        return conn.execute(select(customers).where(customers.c.provider_customer_id == pcid)).one_or_none()
+
+
+# --- connectFi ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def connectfi(clock: FakeClock) -> ConnectFiSimulator:
+    sim = ConnectFiSimulator(clock=clock)
+    sim.add_application("app_1", "cf_cust_1", "waiting_review", reference="ref-1")
+    return sim
+
+
+async def post_cf(client: httpx.AsyncClient, body: bytes, token: str = TOKEN) -> httpx.Response:
+    return await client.post(f"/webhooks/connectfi/{token}", content=body, headers={"content-type": "application/json"})
+
+
+async def test_connectfi_callback_moves_the_customer(app_client, connectfi) -> None:
+    client, container = app_client
+    response = await post_cf(client, connectfi.callback("app_1"))
+    assert response.status_code == 200
+    assert response.json()["status"] == "accepted"
+    row = customer(container, "cf_cust_1")
+    assert (row.state, row.provider_status, row.discovered_by) == ("pending", "waiting_review", "webhook")
+    connectfi.set_status("app_1", "completed", outcome="declined")
+    response = await post_cf(client, connectfi.callback("app_1"))
+    assert response.json()["status"] == "accepted"
+    row = customer(container, "cf_cust_1")
+    assert (row.state, row.rejection_reason) == ("rejected", "declined")
+
+
+async def test_connectfi_duplicates_on_application_status_outcome(app_client, connectfi) -> None:
+    client, container = app_client
+    first = json.loads(connectfi.callback("app_1"))
+    again = {**first, "requestId": "another-request"}
+    assert (await post_cf(client, json.dumps(first).encode())).json()["status"] == "accepted"
+    assert (await post_cf(client, json.dumps(again).encode())).json()["status"] == "duplicate"
+
+
+async def test_connectfi_wrong_token_is_401_and_stores_nothing(app_client, connectfi) -> None:
+    client, container = app_client
+    response = await post_cf(client, connectfi.callback("app_1"), token="guess")
+    assert response.status_code == 401
+    assert "token" in response.json()["error"]["message"]
+    assert stored(container) == 0
+
+
+async def test_connectfi_bad_inputs(app_client) -> None:
+    client, container = app_client
+    missing = await post_cf(client, json.dumps({"code": "0", "data": {"status": "running"}}).encode())
+    assert missing.status_code == 400
+    assert "customerId" in missing.json()["error"]["message"]
+    broken = await post_cf(client, b"{nope")
+    assert broken.status_code == 400
+    wrong_type = await client.post(f"/webhooks/connectfi/{TOKEN}", content=b"x", headers={"content-type": "text/plain"})
+    assert wrong_type.status_code == 415
+    big = await post_cf(client, b"{" + b" " * (1024 * 1024 + 1) + b"}")
+    assert big.status_code == 413
+    assert stored(container) == 2  # the two unreadable ones, kept as rejected
+    assert customer(container, "cf_cust_1") is None
+
+
+async def test_connectfi_without_configured_token_refuses(database_url, clock, connectfi) -> None:
+    container = build(make_settings(database_url), clock)
+    container.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+                                     base_url="http://t") as client:
+            response = await post_cf(client, connectfi.callback("app_1"))
+        assert response.status_code == 401
+        assert "TRACKER_CONNECTFI_WEBHOOK_TOKEN" in response.json()["error"]["message"]
+    finally:
+        container.stop()
+        await container.http.aclose()
+        container.engine.dispose()
+
+
+# --- CryptoPocket ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pocket(clock: FakeClock) -> CryptoPocketSimulator:
+    sim = CryptoPocketSimulator(clock=clock)
+    sim.add_customer("usr_1", "unused")
+    return sim
+
+
+@pytest.mark.parametrize("encoding", ["hex", "base64"])
+async def test_cryptopocket_signed_webhook(app_client, pocket, encoding: str) -> None:
+    client, container = app_client
+    body, headers = pocket.webhook("usr_1", "processing", encoding=encoding)
+    response = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "accepted"
+    assert customer(container, "usr_1").state == "pending"
+    again = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
+    assert again.json()["status"] == "duplicate"
+
+
+async def test_cryptopocket_refusals(app_client, pocket, clock) -> None:
+    client, container = app_client
+    body, headers = pocket.webhook("usr_1", "valid")
+    tampered = body.replace(b"valid", b"vaLid")
+    assert (await client.post("/webhooks/cryptopocket", content=tampered, headers=headers)).status_code == 401
+    wrong_key = {**headers, "X-API-Key": "someone-else"}
+    assert (await client.post("/webhooks/cryptopocket", content=body, headers=wrong_key)).status_code == 401
+    old_body, old_headers = pocket.webhook("usr_1", "valid", timestamp=int((clock.now() - timedelta(minutes=6))
+                                                                          .timestamp()))
+    old = await client.post("/webhooks/cryptopocket", content=old_body, headers=old_headers)
+    assert old.status_code == 401
+    assert "5 minutes" in old.json()["error"]["message"]
+    unsigned = {k: v for k, v in headers.items() if k.lower() != "x-signature"}
+    assert (await client.post("/webhooks/cryptopocket", content=body, headers=unsigned)).status_code == 401
+    assert stored(container) == 0
+    assert customer(container, "usr_1") is None
+
+
+async def test_cryptopocket_missing_user_is_400_and_kept(app_client, pocket) -> None:
+    client, container = app_client
+    body, headers = pocket.webhook("usr_1", "valid")
+    payload = json.loads(body)
+    del payload["user_id"]
+    body = json.dumps(payload).encode()
+    from tracker.providers.simulators.cryptopocket import sign
+
+    headers = {**headers, "X-Signature": sign(SECRET, body, headers["X-Timestamp"], "hex")}
+    response = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "user_id" in response.json()["error"]["message"]
+    assert stored(container) == 1
