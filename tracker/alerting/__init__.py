@@ -1,0 +1,1 @@
+"""Alert channels, one module each behind one Protocol (``base.Channel``)."""
