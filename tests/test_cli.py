@@ -33,7 +33,8 @@ def test_keys_create_prints_key_alone_on_last_line(database_url: str) -> None:
     result = run(["keys", "create", "--name", "dashboard", "--scope", "read"], database_url)
     assert result.returncode == 0, result.stderr
     key = result.stdout.strip().splitlines()[-1]
-    assert key.startswith("trk_") and " " not in key
+    assert key.startswith("trk_")
+    assert " " not in key
     engine = make_engine(database_url)
     principal = ApiKeys(engine, SystemClock()).authenticate(key)
     engine.dispose()

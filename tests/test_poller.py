@@ -246,9 +246,9 @@ async def test_result_of_a_lost_claim_is_dropped(polling, clock, sims) -> None:
     cid = register(polling, "cryptopocket", "usr_x")
     with write_transaction(polling.engine) as conn:
         queries.claim_due(conn, "cryptopocket", clock.now(), 10, "someone-else", clock.now() + timedelta(seconds=5))
+    from tracker.domain.lifecycle import Source
     from tracker.providers.base import StatusReport
     from tracker.providers.cryptopocket import map_kyc_status
-    from tracker.domain.lifecycle import Source
 
     raw, signal, _ = map_kyc_status("valid", Source.POLL)
     polling.poller._record_success("cryptopocket", cid, StatusReport("usr_x", raw, signal))
@@ -342,3 +342,28 @@ async def test_blaaiz_list_reconciles_many_pending_customers_in_few_calls(pollin
     assert [p for p, s in states.items() if s == "verified"] == [f"cus_r{n}" for n in range(25, 30)]
     assert all(row(polling, cid).last_polled_at == clock.now() for cid in ids.values())
     assert all(row(polling, cid).next_poll_at > clock.now() for pcid, cid in ids.items() if states[pcid] == "pending")
+
+
+async def test_breaker_state_shows_in_summary_and_metrics(polling, clock, sims) -> None:
+    sim = sims["cryptopocket"]
+    for n in range(6):
+        sim.add_customer(f"usr_h{n}", "processing")
+        register(polling, "cryptopocket", f"usr_h{n}")
+    sim.fail(times=100, status=500, path="/kyc/check")
+    await tick(polling)
+    health = polling.provider_health()
+    assert health["cryptopocket"]["breaker"] == "open"
+    assert "HTTP 500" in health["cryptopocket"]["last_error"]
+    assert health["blaaiz"]["polled"] is True
+    text = polling.metrics.render().decode()
+    assert 'tracker_provider_breaker{provider="cryptopocket",state="open"} 1.0' in text
+    assert 'tracker_provider_breaker{provider="cryptopocket",state="closed"} 0.0' in text
+    import httpx
+
+    from tracker.web.app import create_app
+
+    key = polling.api_keys.create("dash", "read")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(polling)), base_url="http://t") as http:
+        summary = (await http.get("/v1/summary", headers={"authorization": f"Bearer {key}"})).json()
+    assert summary["providers"]["cryptopocket"]["health"]["breaker"] == "open"
+    assert summary["providers"]["connectfi"]["health"]["breaker"] == "closed"

@@ -234,7 +234,8 @@ async def test_tampered_body_one_byte(client, clock, engine, baseline) -> None:
     body = _body()
     headers = signed_headers(body, int(clock.now().timestamp()))
     tampered = body.replace(b"VERIFIED", b"VERIFIEE")
-    assert len(tampered) == len(body) and tampered != body
+    assert len(tampered) == len(body)
+    assert tampered != body
     response = await client.post("/webhooks/blaaiz", content=tampered, headers=headers)
     await _assert_refused(client, engine, baseline, response, 401, "does not match")
 

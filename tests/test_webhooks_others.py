@@ -18,7 +18,7 @@ from tracker.db.tables import customers, inbound_events
 from tracker.providers.simulators import ConnectFiSimulator, CryptoPocketSimulator
 from tracker.web.app import create_app
 
-TOKEN = "cf-path-token-123"  # noqa: S105 (a test value)
+TOKEN = "cf-path-token-123"
 KEY, SECRET = "sim-cryptopocket-key", "sim-cryptopocket-secret"
 
 
@@ -75,7 +75,7 @@ async def test_connectfi_callback_moves_the_customer(app_client, connectfi) -> N
 
 
 async def test_connectfi_duplicates_on_application_status_outcome(app_client, connectfi) -> None:
-    client, container = app_client
+    client, _ = app_client
     first = json.loads(connectfi.callback("app_1"))
     again = {**first, "requestId": "another-request"}
     assert (await post_cf(client, json.dumps(first).encode())).json()["status"] == "accepted"

@@ -15,15 +15,26 @@ from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 
 import tracker
+from tracker.alerting.base import Channel
+from tracker.alerting.email import EmailChannel
+from tracker.alerting.log import LogChannel
+from tracker.alerting.pagerduty import PagerDutyChannel
+from tracker.alerting.slack import SlackChannel
+from tracker.alerting.webhook import SignedWebhookChannel
+from tracker.alerts import AlertSettings
 from tracker.apikeys import ApiKeys
 from tracker.clock import Clock, SystemClock
 from tracker.customers import Customers
 from tracker.db import migrate, queries
 from tracker.db.engine import check_engine, make_engine
+from tracker.domain.escalation import EscalationPolicy
+from tracker.domain.lifecycle import PROVIDERS
 from tracker.domain.polling import PollPolicy
 from tracker.domain.provider_health import BreakerPolicy, spacing
+from tracker.escalation import Escalator, LifecycleEffects
 from tracker.ingest import GroupCommitter, Ingestor
 from tracker.metrics import Metrics
+from tracker.outbox import Outbox
 from tracker.poller import Poller, ProviderPlan
 from tracker.providers.base import Adapter
 from tracker.providers.blaaiz import BlaaizAdapter
@@ -47,6 +58,9 @@ class Container:
     api_keys: ApiKeys
     http: httpx.AsyncClient
     poller: Poller
+    escalator: Escalator
+    outbox: Outbox
+    effects: LifecycleEffects
     head: str | None = field(default=None)
     ticker: Ticker | None = field(default=None)
 
@@ -58,7 +72,8 @@ class Container:
 
     async def start_worker(self) -> None:
         """Start the scheduler on the running loop (``tracker worker``, and ``tracker serve`` by default)."""
-        self.ticker = Ticker(self.settings.tick, {"poll": self.poller.tick})
+        self.ticker = Ticker(self.settings.tick, {"poll": self.poller.tick, "escalate": self.escalator.tick,
+                                                  "deliver": self.outbox.tick})
         self.ticker.start()
 
     async def stop_worker(self) -> None:
@@ -66,6 +81,7 @@ class Container:
             self.ticker.stop()
             self.ticker = None
         await self.poller.drain()
+        await self.outbox.drain()
         await self.http.aclose()
 
     def readiness_problems(self) -> list[str]:
@@ -84,6 +100,31 @@ class Container:
         with self.engine.connect() as conn:
             return queries.count_customers_by_state(conn), queries.oldest_pending(conn)
 
+    def provider_health(self) -> dict[str, dict[str, Any]]:
+        """Per provider: polled or not, circuit breaker, Retry-After hold, last error."""
+        with self.engine.connect() as conn:
+            states = {row.provider: row for row in queries.provider_states(conn)}
+        health: dict[str, dict[str, Any]] = {}
+        for provider in PROVIDERS:
+            row = states.get(provider)
+            health[provider] = {
+                "polled": provider in self.poller.plans,
+                "breaker": row.breaker_state if row else "closed",
+                "breaker_open_until": row.breaker_open_until if row else None,
+                "blocked_until": row.blocked_until if row else None,
+                "last_error": row.last_error if row else None,
+            }
+        return health
+
+    def breaker_states(self) -> list[tuple[str, str, int]]:
+        health = self.provider_health()
+        return [(provider, state, int(info["breaker"] == state)) for provider, info in health.items()
+                for state in ("closed", "open", "half_open")]
+
+    def notification_counts(self) -> list[tuple[str, str, int]]:
+        with self.engine.connect() as conn:
+            return [(row.channel, row.state, row.n) for row in queries.count_notifications(conn)]
+
     def customer_counts(self) -> list[tuple[str, str, str, int]]:
         with self.engine.connect() as conn:
             return [(r.provider, r.state, r.tier, r.n) for r in queries.count_customers_by_state(conn)]
@@ -93,6 +134,26 @@ def poll_policy(settings: Settings) -> PollPolicy:
     return PollPolicy(interval=settings.poll_interval, awaiting_interval=settings.awaiting_poll_interval,
                       reconcile_after=settings.reconcile_after,
                       thresholds=(settings.overdue_after, settings.critical_after))
+
+
+def escalation_policy(settings: Settings) -> EscalationPolicy:
+    per_provider = {p: (settings.overdue_for(p), settings.critical_for(p)) for p in PROVIDERS}
+    return EscalationPolicy(settings.overdue_after, settings.critical_after, per_provider,
+                            settings.blaaiz_business_overdue_days)
+
+
+def channels(settings: Settings, http: httpx.AsyncClient, clock: Clock) -> dict[str, Channel]:
+    found: dict[str, Channel] = {}
+    if settings.alert_slack_url:
+        found["slack"] = SlackChannel(http, settings.alert_slack_url)
+    if settings.alert_webhook_url and settings.alert_webhook_secret:
+        found["webhook"] = SignedWebhookChannel(http, settings.alert_webhook_url, settings.alert_webhook_secret, clock)
+    if settings.alert_pagerduty_routing_key:
+        found["pagerduty"] = PagerDutyChannel(http, settings.alert_pagerduty_routing_key,
+                                              settings.alert_pagerduty_url)
+    if settings.alert_smtp_url and settings.alert_email_to:
+        found["email"] = EmailChannel(settings.alert_smtp_url, settings.alert_email_to)
+    return found or {"log": LogChannel()}
 
 
 def adapters(settings: Settings, http: httpx.AsyncClient, clock: Clock) -> dict[str, Adapter]:
@@ -124,18 +185,34 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
                                 settings.concurrency_for(name))
              for name, adapter in adapters(settings, http, clock).items()}
     owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    alert_settings = AlertSettings(
+        channels=settings.alert_channels(),
+        critical_repeat=settings.critical_repeat if settings.critical_repeat > timedelta(0) else None,
+        incident_threshold=settings.incident_threshold, incident_window=settings.incident_window)
+    effects = LifecycleEffects(escalation_policy(settings), alert_settings)
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
     # is polled again within one interval.
     breaker = BreakerPolicy(max_cooldown=min(timedelta(minutes=5), settings.poll_interval / 4))
     poller = Poller(engine, clock, plans, policy, owner=owner, lease=settings.poll_lease,
-                    horizon=max(settings.tick * 2, timedelta(seconds=1)), breaker=breaker, metrics=metrics)
+                    horizon=max(settings.tick * 2, timedelta(seconds=1)), breaker=breaker, metrics=metrics,
+                    effects=effects)
     container = Container(
         settings=settings, clock=clock, engine=engine, metrics=metrics, ingestor=ingestor,
-        committer=GroupCommitter(ingestor), customers=Customers(engine, clock, metrics, policy=policy),
+        committer=GroupCommitter(ingestor), customers=Customers(engine, clock, metrics, policy=policy, effects=effects),
         api_keys=ApiKeys(engine, clock, settings.api_key_cache_ttl), http=http, poller=poller,
+        escalator=Escalator(engine, clock, effects, owner=owner, lease=settings.poll_lease, checker=poller,
+                            metrics=metrics),
+        outbox=Outbox(engine, clock, channels(settings, http, clock), owner=owner, lease=settings.poll_lease,
+                      metrics=metrics),
+        effects=effects,
         head=migrate.head_revision(),
     )
-    metrics.add_gauges(container.customer_counts)
+    metrics.add_gauge("tracker_customers", "Tracked customers by provider, state and tier",
+                      ["provider", "state", "tier"], container.customer_counts)
+    metrics.add_gauge("tracker_provider_breaker", "Circuit breaker state per provider (1 = current state)",
+                      ["provider", "state"], container.breaker_states)
+    metrics.add_gauge("tracker_notifications_by_state", "Outbox notifications by channel and state",
+                      ["channel", "state"], container.notification_counts)
     return container
 
 

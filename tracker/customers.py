@@ -21,7 +21,7 @@ from tracker.domain.polling import PollPolicy
 from tracker.errors import Conflict, Invalid, NotFound
 from tracker.metrics import Metrics
 from tracker.providers import blaaiz
-from tracker.transitions import ConcurrentChange, apply_signal, initial_poll
+from tracker.transitions import ConcurrentChange, Effects, apply_signal, initial_poll
 
 CUSTOMER_TYPES = ("individual", "business")
 # The documented document types of the providers that have no fixed upload slots.
@@ -63,9 +63,10 @@ def _text_id(name: str, value: Any, required: bool = True) -> str | None:
 class Customers:
     def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None,
-                 policy: PollPolicy | None = None) -> None:
+                 policy: PollPolicy | None = None, effects: Effects | None = None) -> None:
         self.engine = engine
         self.policy = policy
+        self.effects = effects
         self.clock = clock
         self.metrics = metrics
         self.on_change = on_change
@@ -182,11 +183,18 @@ class Customers:
         return row
 
     async def fetch(self, customer_id: int) -> dict[str, Any]:
-        """The API's read of one customer (the hot path; see tracker.db.reads): its columns as a dict."""
+        """The API's read of one customer (the hot path; see tracker.db.reads): the columns the API shows."""
         row = await self.reads.get(customer_id)
         if row is None:
             raise NotFound(f"no customer with id {customer_id}")
         return row
+
+    async def fetch_key(self, customer_id: int) -> dict[str, Any]:
+        """Only what the customer's ETag is made of (id, version, tier): enough to answer If-None-Match."""
+        key = await self.reads.key(customer_id)
+        if key is None:
+            raise NotFound(f"no customer with id {customer_id}")
+        return key
 
     def history(self, customer_id: int) -> tuple[Row[Any], list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
         with self.engine.connect() as conn:
@@ -198,8 +206,7 @@ class Customers:
 
     def page(self, **filters: Any) -> list[dict[str, Any]]:
         """A page of the list, newest change first (filters as ``queries.list_customers``); rows as dicts."""
-        with self.engine.connect() as conn:
-            return self.reads.page(conn, **filters)
+        return self.reads.page(**filters)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -253,7 +260,7 @@ class Customers:
         if decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
             raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: {decision.reason}")
         try:
-            return apply_signal(conn, row, signal, now, actor, policy=self.policy).changes
+            return apply_signal(conn, row, signal, now, actor, policy=self.policy, effects=self.effects).changes
         except ConcurrentChange:
             raise Conflict("the customer changed while this request ran; try again") from None
 

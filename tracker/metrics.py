@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -38,27 +39,31 @@ class Metrics:
                              ["provider", "result"], registry=self.registry)
         self.unknown_status = Counter("tracker_unknown_status", "Undocumented provider status values seen",
                                       ["provider"], registry=self.registry)
+        self.alerts = Counter("tracker_alerts", "Alerts raised by provider and kind", ["provider", "kind"],
+                              registry=self.registry)
+        self.notifications = Counter("tracker_notifications", "Notifications by channel and result",
+                                     ["channel", "result"], registry=self.registry)
         self.ingest_batch = Histogram("tracker_ingest_batch_size", "Deliveries committed together",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.ingest_seconds = Histogram("tracker_ingest_commit_seconds", "Time to store and apply one batch",
                                         registry=self.registry)
 
-    def add_gauges(self, read_counts: Callable[[], Iterable[tuple[str, str, str, int]]]) -> None:
-        """Customers by provider, state and tier, read from the database at scrape time."""
+    def add_gauge(self, name: str, documentation: str, labels: list[str],
+                  read: Callable[[], Iterable[tuple[Any, ...]]]) -> None:
+        """A gauge read from the database at scrape time: ``read`` yields (label values..., value) rows."""
 
         def family() -> GaugeMetricFamily:
-            return GaugeMetricFamily("tracker_customers", "Tracked customers by provider, state and tier",
-                                     labels=["provider", "state", "tier"])
+            return GaugeMetricFamily(name, documentation, labels=labels)
 
         def collect() -> Iterable[Metric]:
             gauge = family()
             try:
-                rows = list(read_counts())
+                rows = list(read())
             except Exception:  # the database is down: the scrape still answers, without this family's samples
-                log.warning("could not read customer counts for /metrics")
+                log.warning("could not read %s for /metrics", name)
                 rows = []
-            for provider, state, tier, count in rows:
-                gauge.add_metric([provider, state, tier], count)
+            for row in rows:
+                gauge.add_metric([str(value) for value in row[:-1]], row[-1])
             yield gauge
 
         self.registry.register(_Callback(collect, lambda: [family()]))

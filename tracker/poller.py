@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tracker.db.engine import write_transaction
 from tracker.domain.lifecycle import Decision
 from tracker.domain.polling import PollPolicy, failure_backoff, next_poll
 from tracker.domain.provider_health import (
+    SAFETY,
     Breaker,
     BreakerPolicy,
     breaker_admits,
@@ -68,8 +70,9 @@ class Poller:
                  owner: str, lease: timedelta = timedelta(seconds=60), horizon: timedelta = timedelta(seconds=2),
                  breaker: BreakerPolicy | None = None, metrics: Metrics | None = None,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, effects: Any = None) -> None:
         self.engine = engine
+        self.effects = effects  # tracker.escalation.LifecycleEffects: deadlines and alerts follow the lifecycle
         self.clock = clock
         self.plans = plans
         self.policy = policy
@@ -83,6 +86,8 @@ class Poller:
         self._inflight: dict[str, int] = dict.fromkeys(plans, 0)
         self._semaphores = {name: asyncio.Semaphore(plan.concurrency) for name, plan in plans.items()}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cold: set[str] = set(plans)  # providers this worker has not finished a request with yet
+        self._sent: dict[str, deque[float]] = {}  # per paced provider: when its last requests left (loop time)
 
     # -- the tick -----------------------------------------------------------------------------------------
 
@@ -93,6 +98,10 @@ class Poller:
             # Polls in flight include those waiting for their paced slot: leave room for a horizon's worth.
             paced = int(self.horizon / plan.gap) if plan.gap > timedelta(0) else 0
             room = 2 * plan.concurrency + paced - self._inflight[provider]
+            if provider in self._cold and plan.gap > timedelta(0):
+                # Cold, the first paced requests would all wait for the provider's token (and connection)
+                # together, then leave at once, bunched over the budget their slots kept to: the first goes alone.
+                room = min(room, 1 - self._inflight[provider])
             if room <= 0:
                 continue
             try:
@@ -178,6 +187,7 @@ class Poller:
                     await self._wait(slot)
                     slot = None
                     async with self._semaphores[provider]:
+                        await self._space(provider, plan)
                         reports, more = await lister.list_page(status, "individual", page)
                     pages_left -= 1
                     page += 1
@@ -185,6 +195,7 @@ class Poller:
         except ProviderError as exc:
             log.warning("%s list reconciliation stopped: %s (%s)", provider, exc.message, exc.kind)
             await asyncio.to_thread(self._provider_outcome, provider, exc)
+        self._cold.discard(provider)
         settled = [row for row in rows if row.provider_customer_id in seen]
         rest = [row for row in rows if row.provider_customer_id not in seen]
         for row in settled:
@@ -205,6 +216,29 @@ class Poller:
         if wait > 0:
             await asyncio.sleep(wait)
 
+    async def _space(self, provider: str, plan: ProviderPlan) -> None:
+        """Hold a request to a paced provider until it may leave, by when this worker's previous requests really
+        left (loop time). The shared slots space requests already, unless some leave late (the event loop or
+        the machine stalled, a GC pause, a token renewal): the next ones would then follow closely, and the
+        slots keep to the budget within 3 % only, a few tens of milliseconds in a window of a second. So:
+        never two requests closer than the budget's own spacing (the gap less its margin: a late request's
+        delay is absorbed by the next few instead of carried on by all), and never more than one second's worth
+        of requests within that many slots' time (the 3 % margin kept over any second)."""
+        if plan.gap <= timedelta(0):
+            return
+        gap = plan.gap.total_seconds()
+        per_second = max(1, round(1 / gap))
+        sent = self._sent.setdefault(provider, deque(maxlen=per_second))
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            ready = max(sent[-1] + gap / SAFETY if sent else now,
+                        sent[0] + per_second * gap if len(sent) == per_second else now)
+            if now >= ready:
+                break
+            await asyncio.sleep(ready - now)
+        sent.append(now)  # no await between the check and this: one event loop
+
     # -- one poll -----------------------------------------------------------------------------------------
 
     async def _poll(self, provider: str, plan: ProviderPlan, row: Row[Any], slot: datetime) -> None:
@@ -212,6 +246,7 @@ class Poller:
             await self._wait(slot)
             ref = CustomerRef(row.provider_customer_id, row.customer_type, row.application_id)
             async with self._semaphores[provider]:
+                await self._space(provider, plan)
                 try:
                     report = await plan.adapter.fetch_status(ref)
                 except ProviderError as exc:
@@ -227,6 +262,7 @@ class Poller:
             log.exception("recording a %s poll of customer %s failed", provider, row.id)
         finally:
             self._inflight[provider] -= 1
+            self._cold.discard(provider)
 
     def _record_success(self, provider: str, customer_id: int, report: StatusReport) -> None:
         now = self.clock.now()
@@ -242,13 +278,16 @@ class Poller:
                                 "progress", provider, report.provider_status, customer_id)
                     if self.metrics is not None:
                         self.metrics.unknown_status.labels(provider).inc()
+                    if self.effects is not None:
+                        self.effects.on_unknown(conn, row._mapping, report.provider_status, now)
 
                 def bookkeeping(decision: Decision) -> dict[str, Any]:
                     after = decision.after
                     subject = subject_of(row._mapping, after.state, polled_at=now, signal_at=now,
                                          pending_since=after.pending_since)
+                    due = anchored(next_poll(subject, self.policy, now), row.next_poll_at, now)
                     values: dict[str, Any] = {
-                        "next_poll_at": next_poll(subject, self.policy, now), "poll_lease_until": None,
+                        "next_poll_at": due, "poll_lease_until": None,
                         "poll_lease_owner": None, "poll_failures": 0, "last_polled_at": now, "last_signal_at": now,
                     }
                     if new_flags != flags:
@@ -257,7 +296,8 @@ class Poller:
                     return values
 
                 try:
-                    applied = apply_signal(conn, row, report.signal, now, f"poll:{self.owner}", bookkeeping)
+                    applied = apply_signal(conn, row, report.signal, now, f"poll:{self.owner}", bookkeeping,
+                                           effects=self.effects)
                 except ConcurrentChange:
                     log.info("customer %s changed during its poll; the next poll will see it", customer_id)
                     raise
@@ -300,6 +340,12 @@ class Poller:
         return row
 
     def _provider_result(self, conn: Connection, provider: str, error: ProviderError | None, now: datetime) -> None:
+        if error is None:
+            current = queries.provider_state_of(conn, provider)
+            if current is not None and current.breaker_state == "closed" and current.breaker_failures == 0:
+                # The usual success changes nothing: do not queue every result of every worker on the one row
+                # they share (its lock is held to commit, so it would cap the polls per second of them all).
+                return
         state = queries.lock_provider_state(conn, provider)
         breaker = Breaker(state.breaker_state, state.breaker_failures, state.breaker_open_until, state.breaker_opens)
         values: dict[str, Any] = {"updated_at": now}
@@ -323,3 +369,17 @@ class Poller:
 
     def _begin(self) -> AbstractContextManager[Connection]:
         return write_transaction(self.engine)
+
+
+def anchored(planned: datetime | None, due: datetime | None, now: datetime) -> datetime | None:
+    """Keep a customer's cadence: its next poll counts from when this poll was due, not from when its answer
+    came back. Counted from the answer, every interval would also carry the wait for the tick, for the pacing
+    slot and for the provider (bench/workers: a 2 s interval became 2.26 s). A poll later than half the delay
+    is not caught up (the delay then counts from now), so two polls are never closer than half the delay."""
+    if planned is None or due is None or due >= now:
+        return planned
+    delay = planned - now
+    late = now - due
+    if delay <= timedelta(0) or late > delay / 2:
+        return planned
+    return planned - late

@@ -155,6 +155,9 @@ class Settings:
     alert_smtp_url: str | None = None
     alert_email_to: str | None = None
     api_key_cache_ttl: timedelta = timedelta(seconds=30)
+    incident_threshold: int = 10
+    incident_window: timedelta = timedelta(minutes=10)
+    blaaiz_business_overdue_days: int = 5
     poll_lease: timedelta = timedelta(seconds=60)
     poll_timeout: timedelta = timedelta(seconds=10)
     rate_limits: Mapping[str, tuple[tuple[int, timedelta], ...]] = field(
@@ -202,6 +205,9 @@ class Settings:
             "ALERT_EMAIL_TO": _text,
             "API_KEY_CACHE_TTL": _duration,
             "POLL_LEASE": _positive_duration,
+            "INCIDENT_THRESHOLD": _positive_int,
+            "INCIDENT_WINDOW": _positive_duration,
+            "BLAAIZ_BUSINESS_OVERDUE_DAYS": _positive_int,
             "POLL_TIMEOUT": _positive_duration,
         }
         per_provider = {f"{p.upper()}_{kind}": (p, kind) for p in PROVIDERS
@@ -250,6 +256,13 @@ class Settings:
             raise SettingsError("TRACKER_ALERT_WEBHOOK_SECRET must start with whsec_ (Standard Webhooks format)")
         if self.alert_smtp_url and not self.alert_email_to:
             raise SettingsError("TRACKER_ALERT_EMAIL_TO is required when TRACKER_ALERT_SMTP_URL is set")
+
+    def alert_channels(self) -> tuple[str, ...]:
+        """The configured channels; with none, alerts are logged and stored."""
+        channels = tuple(name for name, on in (
+            ("slack", self.alert_slack_url), ("webhook", self.alert_webhook_url),
+            ("pagerduty", self.alert_pagerduty_routing_key), ("email", self.alert_smtp_url)) if on)
+        return channels or ("log",)
 
     def concurrency_for(self, provider: str) -> int:
         return self.concurrency.get(provider, 4)

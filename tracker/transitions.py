@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Row, RowMapping
 
 from tracker.db import queries
-from tracker.domain.lifecycle import Decision, Signal, State, decide
+from tracker.domain.lifecycle import Decision, Outcome, Signal, State, decide
 from tracker.domain.polling import PollPolicy, PollSubject, next_poll
 
 
@@ -56,9 +56,20 @@ class Applied:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Effects(Protocol):
+    """What else happens, in the same transaction, when a customer moves (escalation deadlines, alerts)."""
+
+    def on_move(self, conn: Connection, row: Mapping[str, Any] | RowMapping, decision: Decision, now: datetime
+                ) -> Mapping[str, Any]: ...
+
+    def on_conflict(self, conn: Connection, row: Mapping[str, Any] | RowMapping, signal: Signal, now: datetime,
+                    cause: str) -> None: ...
+
+
 def apply_signal(conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str,
                  extra: Callable[[Decision], Mapping[str, Any]] | None = None,
-                 event_row_id: int | None = None, policy: PollPolicy | None = None) -> Applied:
+                 event_row_id: int | None = None, policy: PollPolicy | None = None,
+                 effects: Effects | None = None) -> Applied:
     """Decide ``signal`` for ``row`` (locked by the caller) and write the result. ``extra`` gives further columns
     to write with it (poll bookkeeping), even when the lifecycle does not change."""
     decision = decide(queries.snapshot_of(row._mapping), signal, now)
@@ -67,6 +78,10 @@ def apply_signal(conn: Connection, row: Row[Any], signal: Signal, now: datetime,
         values.update(queries.snapshot_values(decision.after), updated_at=now)
         if policy is not None and decision.moved:
             values["next_poll_at"] = rescheduled(row._mapping, decision, now, policy)
+    if effects is not None and decision.moved:
+        values.update(effects.on_move(conn, row._mapping, decision, now))
+    if effects is not None and decision.outcome is Outcome.CONFLICT:
+        effects.on_conflict(conn, row._mapping, signal, now, f"{signal.source.value}:{actor}:{now.isoformat()}")
     values.update(extra(decision) if extra else {})
     if values:
         values.update(_id=row.id, _old_version=row.version)

@@ -10,7 +10,16 @@ from typing import Any
 from sqlalchemy import Connection, Row, RowMapping, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tracker.db.tables import api_keys, customers, history, inbound_events, provider_state, uploads
+from tracker.db.tables import (
+    alerts,
+    api_keys,
+    customers,
+    history,
+    inbound_events,
+    notifications,
+    provider_state,
+    uploads,
+)
 from tracker.domain.lifecycle import Snapshot, State
 
 SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_provider_time", "attempts",
@@ -257,6 +266,11 @@ def lock_provider_state(conn: Connection, provider: str) -> Row[Any]:
     return conn.execute(query).one()
 
 
+def provider_state_of(conn: Connection, provider: str) -> Row[Any] | None:
+    """The provider's shared state row as it is, without a lock (None before its first use)."""
+    return conn.execute(select(provider_state).where(provider_state.c.provider == provider)).first()
+
+
 def update_provider_state(conn: Connection, provider: str, values: Mapping[str, Any]) -> None:
     conn.execute(update(provider_state).where(provider_state.c.provider == provider).values(**values))
 
@@ -294,3 +308,126 @@ def count_due(conn: Connection, provider: str, now: datetime) -> int:
         select(func.count()).select_from(customers).where(customers.c.provider == provider,
                                                           customers.c.next_poll_at <= now)
     ).scalar_one())
+
+
+# --- alerts and the outbox -----------------------------------------------------------------------------
+
+def insert_alert(conn: Connection, values: Mapping[str, Any]) -> int | None:
+    """Insert an alert unless its key exists (each key alerts at most once); its id, or None."""
+    stmt = _insert(conn, alerts).on_conflict_do_nothing(index_elements=[alerts.c.key])
+    row = conn.execute(stmt.values(**values).returning(alerts.c.id)).first()
+    return None if row is None else int(row.id)
+
+
+def get_alert(conn: Connection, alert_id: int, lock: bool = False) -> Row[Any] | None:
+    query = select(alerts).where(alerts.c.id == alert_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).first()
+
+
+def update_alert(conn: Connection, alert_id: int, values: Mapping[str, Any]) -> None:
+    conn.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
+
+
+def open_alerts_of(conn: Connection, customer_id: int) -> list[Row[Any]]:
+    return list(conn.execute(select(alerts).where(alerts.c.customer_id == customer_id,
+                                                  alerts.c.state != "resolved").order_by(alerts.c.id)))
+
+
+def count_recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> int:
+    return int(conn.execute(select(func.count()).select_from(alerts).where(
+        alerts.c.provider == provider, alerts.c.kind == kind, alerts.c.opened_at >= since)).scalar_one())
+
+
+def open_incident(conn: Connection, provider: str, tier: str, since: datetime) -> Row[Any] | None:
+    return conn.execute(select(alerts).where(
+        alerts.c.provider == provider, alerts.c.kind == "incident", alerts.c.state != "resolved",
+        alerts.c.key.like(f"incident:{provider}:{tier}:%"), alerts.c.opened_at >= since,
+    ).order_by(alerts.c.id.desc()).limit(1)).first()
+
+
+def list_alerts(conn: Connection, state: str | None, limit: int, before_id: int | None) -> list[Row[Any]]:
+    query = select(alerts)
+    if state is not None:
+        query = query.where(alerts.c.state == state)
+    if before_id is not None:
+        query = query.where(alerts.c.id < before_id)
+    return list(conn.execute(query.order_by(alerts.c.id.desc()).limit(limit)))
+
+
+def notifications_of(conn: Connection, alert_ids: Sequence[int]) -> list[Row[Any]]:
+    if not alert_ids:
+        return []
+    return list(conn.execute(select(notifications).where(notifications.c.alert_id.in_(list(alert_ids)))
+                             .order_by(notifications.c.id)))
+
+
+def due_repeats(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+    query = (select(alerts).where(alerts.c.next_repeat_at <= now, alerts.c.state == "open")
+             .order_by(alerts.c.next_repeat_at).limit(limit))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(conn.execute(query))
+
+
+def insert_notifications(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        stmt = _insert(conn, notifications).on_conflict_do_nothing(
+            index_elements=[notifications.c.key, notifications.c.channel])
+        conn.execute(stmt, list(rows))
+
+
+def claim_notifications(conn: Connection, channel: str, now: datetime, limit: int, owner: str,
+                        lease_until: datetime) -> list[Row[Any]]:
+    due = (select(notifications.c.id).where(
+        notifications.c.channel == channel, notifications.c.state == "pending",
+        notifications.c.next_attempt_at <= now,
+        or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
+    ).order_by(notifications.c.next_attempt_at, notifications.c.id).limit(limit))
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = [row.id for row in conn.execute(due)]
+    if not ids:
+        return []
+    conn.execute(update(notifications).where(notifications.c.id.in_(ids))
+                 .values(lease_until=lease_until, lease_owner=owner))
+    return list(conn.execute(select(notifications).where(notifications.c.id.in_(ids)).order_by(notifications.c.id)))
+
+
+def finish_notification(conn: Connection, notification_id: int, owner: str, values: Mapping[str, Any]) -> bool:
+    result = conn.execute(update(notifications).where(notifications.c.id == notification_id,
+                                                      notifications.c.lease_owner == owner).values(**values))
+    return bool(result.rowcount)
+
+
+def count_notifications(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(select(notifications.c.channel, notifications.c.state, func.count().label("n"))
+                             .group_by(notifications.c.channel, notifications.c.state)))
+
+
+def claim_deadlines(conn: Connection, now: datetime, limit: int, owner: str, lease_until: datetime
+                    ) -> list[Row[Any]]:
+    """Claim customers whose next escalation threshold is due: in proportion to what is due (indexed)."""
+    due = (select(customers.c.id).where(
+        customers.c.deadline_at <= now,
+        or_(customers.c.deadline_lease_until.is_(None), customers.c.deadline_lease_until < now),
+    ).order_by(customers.c.deadline_at).limit(limit))
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = [row.id for row in conn.execute(due)]
+    if not ids:
+        return []
+    conn.execute(update(customers).where(customers.c.id.in_(ids))
+                 .values(deadline_lease_until=lease_until, deadline_lease_owner=owner))
+    return list(conn.execute(select(customers).where(customers.c.id.in_(ids)).order_by(customers.c.deadline_at)))
+
+
+def recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> list[Row[Any]]:
+    return list(conn.execute(select(alerts).where(alerts.c.provider == provider, alerts.c.kind == kind,
+                                                  alerts.c.opened_at >= since, alerts.c.state != "resolved")))
+
+
+def count_open_members(conn: Connection, incident_id: int) -> int:
+    return int(conn.execute(select(func.count()).select_from(alerts).where(
+        alerts.c.incident_id == incident_id, alerts.c.state != "resolved")).scalar_one())

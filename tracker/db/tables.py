@@ -35,7 +35,17 @@ class Customer(SQLModel, table=True):
         Index("ix_customers_provider_state_updated", "provider", "state", "updated_at", "id"),
         Index("ix_customers_state_pending_since", "state", "pending_since"),
         Index("ix_customers_reference", "reference"),
+        # For the API's list (tracker.db.reads): small partial indexes, kept up only for the rows they hold.
+        # Pending customers newest change first, with pending_since in the index so pending_longer_than is
+        # checked on the index; the escalated tiers newest change first, with the state likewise. (On
+        # PostgreSQL, migration 0003 also creates statistics on (state, tier), which are correlated.)
+        Index("ix_customers_pending_updated", "updated_at", "id", "pending_since",
+              sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+        Index("ix_customers_tier_updated", "tier", "updated_at", "id", "state",
+              sqlite_where=text("tier <> 'none'"), postgresql_where=text("tier <> 'none'")),
         Index("ix_customers_due_poll", "provider", "next_poll_at"),
+        Index("ix_customers_deadline", "deadline_at", sqlite_where=text("deadline_at IS NOT NULL"),
+              postgresql_where=text("deadline_at IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -65,6 +75,11 @@ class Customer(SQLModel, table=True):
     poll_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     last_polled_at: datetime | None = Field(default=None, sa_column=_ts())
     last_signal_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Escalation: the next tier's due time while pending (deadlines are data), and its claim.
+    deadline_at: datetime | None = Field(default=None, sa_column=_ts())
+    deadline_tier: str | None = Field(default=None, sa_column=Column(String(16)))
+    deadline_lease_until: datetime | None = Field(default=None, sa_column=_ts())
+    deadline_lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
 
 
 class ProviderState(SQLModel, table=True):
@@ -82,6 +97,65 @@ class ProviderState(SQLModel, table=True):
     next_slot_at: datetime | None = Field(default=None, sa_column=_ts())
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     updated_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Alert(SQLModel, table=True):
+    """One alert: a tier crossed by one attempt of one customer, a conflict, an unknown status value, or a
+    provider-level incident that folds many of them. ``key`` makes each at most once."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("uq_alerts_key", "key", unique=True),
+        Index("ix_alerts_state", "state", "id"),
+        Index("ix_alerts_customer", "customer_id", "state"),
+        Index("ix_alerts_repeat", "next_repeat_at", sqlite_where=text("next_repeat_at IS NOT NULL"),
+              postgresql_where=text("next_repeat_at IS NOT NULL")),
+        Index("ix_alerts_provider_kind", "provider", "kind", "opened_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    key: str = Field(sa_column=Column(String(200), nullable=False))
+    kind: str = Field(sa_column=Column(String(32), nullable=False))  # overdue critical conflict unknown_status incident
+    provider: str = Field(sa_column=Column(String(32), nullable=False))
+    customer_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("customers.id")))
+    attempt: int | None = Field(default=None, sa_column=Column(Integer))
+    state: str = Field(sa_column=Column(String(16), nullable=False))  # open acknowledged resolved
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    detail: str | None = Field(default=None, sa_column=Column(Text))  # JSON
+    incident_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("alerts.id")))
+    opened_at: datetime = Field(sa_column=_ts(nullable=False))
+    acknowledged_at: datetime | None = Field(default=None, sa_column=_ts())
+    acknowledged_by: str | None = Field(default=None, sa_column=Column(String(128)))
+    resolved_at: datetime | None = Field(default=None, sa_column=_ts())
+    next_repeat_at: datetime | None = Field(default=None, sa_column=_ts())
+    repeats: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+
+
+class Notification(SQLModel, table=True):
+    """The outbox: one row per (notice, channel), written in the transaction that caused it, then delivered."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("uq_notifications_key_channel", "key", "channel", unique=True),
+        Index("ix_notifications_due", "channel", "next_attempt_at", sqlite_where=text("state = 'pending'"),
+              postgresql_where=text("state = 'pending'")),
+        Index("ix_notifications_alert", "alert_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    key: str = Field(sa_column=Column(String(200), nullable=False))  # the idempotency key, sent to receivers
+    alert_id: int = Field(sa_column=Column(BigId, ForeignKey("alerts.id"), nullable=False))
+    channel: str = Field(sa_column=Column(String(16), nullable=False))
+    action: str = Field(sa_column=Column(String(16), nullable=False))  # trigger repeat resolve
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # JSON of the Notice
+    state: str = Field(sa_column=Column(String(16), nullable=False))  # pending sent failed
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime = Field(sa_column=_ts(nullable=False))
+    lease_until: datetime | None = Field(default=None, sa_column=_ts())
+    lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=_ts(nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class InboundEvent(SQLModel, table=True):
@@ -174,3 +248,5 @@ history: Table = HistoryRow.__table__  # type: ignore[attr-defined]
 uploads: Table = Upload.__table__  # type: ignore[attr-defined]
 api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
 provider_state: Table = ProviderState.__table__  # type: ignore[attr-defined]
+alerts: Table = Alert.__table__  # type: ignore[attr-defined]
+notifications: Table = Notification.__table__  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from tracker.web.responses import (
     json_response,
     list_etag,
     not_modified,
+    plain_json_response,
 )
 
 TIERS = ("none", "overdue", "critical")
@@ -67,11 +68,18 @@ async def submit(request: Request) -> Response:
 
 async def get_customer(request: Request) -> Response:
     await authorize(request, "read")
-    row = await run_in_threadpool(_customers(request).get, path_id(request))
-    etag = customer_etag(row._mapping)
-    if not_modified(request, etag):
+    customers, customer_id = _customers(request), path_id(request)
+    # No worker thread for these reads (see tracker.db.reads). With If-None-Match, first read only what the
+    # ETag is made of: when it still matches, that is all a 304 needs.
+    if "if-none-match" in request.headers:
+        etag = customer_etag(await customers.fetch_key(customer_id))
+        if not_modified(request, etag):
+            return Response(status_code=304, headers={"ETag": etag})
+    row = await customers.fetch(customer_id)
+    etag = customer_etag(row)
+    if not_modified(request, etag):  # answered from the row as read now, whatever the key said
         return Response(status_code=304, headers={"ETag": etag})
-    return json_response(customer_json(row._mapping, _now(request)), headers={"ETag": etag})
+    return plain_json_response(customer_json(row, _now(request)), headers={"ETag": etag})
 
 
 def _list_filters(request: Request) -> dict[str, Any]:
@@ -122,13 +130,13 @@ async def list_customers(request: Request) -> Response:
     limit = filters["limit"]
     rows = await run_in_threadpool(_customers(request).page, **{**filters, "limit": limit + 1})
     page, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if more else None
-    etag = list_etag([row._mapping for row in page], str(request.url.query))
+    next_cursor = encode_cursor(page[-1]["updated_at"], page[-1]["id"]) if more else None
+    etag = list_etag(page, str(request.url.query))
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     now = _now(request)
-    return json_response({"items": [customer_json(row._mapping, now) for row in page], "next_cursor": next_cursor},
-                         headers={"ETag": etag})
+    return plain_json_response({"items": [customer_json(row, now) for row in page], "next_cursor": next_cursor},
+                               headers={"ETag": etag})
 
 
 async def customer_history(request: Request) -> Response:
@@ -169,6 +177,7 @@ async def summary(request: Request) -> Response:
     await authorize(request, "read")
     container = request.app.state.container
     counts, oldest = await run_in_threadpool(container.summary)
+    health = await run_in_threadpool(container.provider_health)
     now = _now(request)
     providers: dict[str, Any] = {p: {"states": {}, "tiers": {}, "oldest_pending_seconds": None} for p in PROVIDERS}
     for provider, state, tier, n in counts:
@@ -179,6 +188,8 @@ async def summary(request: Request) -> Response:
     for provider, since in oldest:
         if since is not None:
             providers[provider]["oldest_pending_seconds"] = int((now - since).total_seconds())
+    for provider, info in health.items():
+        providers.setdefault(provider, {})["health"] = info
     return json_response({"providers": providers, "generated_at": iso(now)})
 
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tracker.errors import TrackerError
-from tracker.web import api, openapi, ops, webhooks
+from tracker.web import alerts_api, api, openapi, ops, webhooks
 from tracker.web.responses import error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -35,6 +35,10 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/v1/customers/{id:int}/submit", "POST", api.submit, "Submit for review (Blaaiz)", "submit"),
     ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
      "read"),
+    ("/v1/alerts", "GET", alerts_api.list_alerts, "Alerts, newest first (?state=open|acknowledged|resolved)",
+     "read"),
+    ("/v1/alerts/{id:int}/acknowledge", "POST", alerts_api.acknowledge_alert,
+     "Acknowledge an alert (stops critical repeats)", "admin"),
     ("/v1/summary", "GET", api.summary, "Counts by provider, state and tier; oldest pending age", "read"),
     ("/v1/events/{id:int}/replay", "POST", api.replay_event, "Run a stored event through the current code",
      "admin"),

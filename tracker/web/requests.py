@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from tracker.apikeys import Principal
+from tracker.apikeys import ApiKeys, Principal
 from tracker.errors import Forbidden, TrackerError, Unauthorized
 from tracker.settings import MAX_WEBHOOK_BODY
 
@@ -71,13 +72,30 @@ async def authorize(request: Request, scope: str) -> Principal:
     token = token.strip()
     principal = keys.from_cache(token)
     if principal is None:
-        principal = await run_in_threadpool(keys.authenticate, token)
+        principal = await _authenticate(keys, token)
     if principal is None:
         raise Unauthorized("the API key is not valid (unknown, revoked or mistyped)")
     if not principal.allows(scope):
         raise Forbidden(f"this API key has scope {principal.scope}; this call needs {scope}")
     assert isinstance(principal, Principal)
     return principal
+
+
+_checking: dict[tuple[int, str], asyncio.Task[Principal | None]] = {}
+
+
+async def _authenticate(keys: ApiKeys, token: str) -> Principal | None:
+    """Check a key that is not in the cache (a database read, in a worker thread). Requests that bring the same
+    key meanwhile wait for that one check: when a busy client's cached key expires, its many in-flight requests
+    cost one read, not one each."""
+    loop = asyncio.get_running_loop()
+    slot = (id(keys), token)
+    task = _checking.get(slot)
+    if task is None or task.get_loop() is not loop:
+        task = loop.create_task(run_in_threadpool(keys.authenticate, token))
+        _checking[slot] = task
+        task.add_done_callback(lambda done: _checking.pop(slot, None) if _checking.get(slot) is done else None)
+    return await asyncio.shield(task)
 
 
 def path_id(request: Request, name: str = "id") -> int:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,6 +34,12 @@ def dumps(data: Any) -> bytes:
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def plain_json_response(data: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """200 with ``data`` made only of dicts, lists, str, int, bool and None (customers as ``customer_json``
+    makes them), serialised by orjson: the same bytes as ``dumps`` for such data, several times faster."""
+    return Response(orjson.dumps(data), headers=headers, media_type="application/json")
 
 
 def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:

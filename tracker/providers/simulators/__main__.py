@@ -4,8 +4,9 @@
         --customers 500 --status processing
 
 Blaaiz keeps its documented limits (120/m, 1500/h) unless ``--rate`` or ``--no-rate-limit`` is given.
-Counters are at ``GET /_sim/stats``; ``POST /_sim/records {"id", "status", ...}`` adds or changes a record;
-``POST /_sim/reset`` clears the counters.
+Counters are at ``GET /_sim/stats``, the request log (arrival times, customer, status, client port) at
+``GET /_sim/log?after=N&path=TEXT``; ``POST /_sim/records {"id", "status", ...}`` adds or changes a record;
+``POST /_sim/reset`` clears the counters and the log.
 """
 
 from __future__ import annotations

@@ -7,13 +7,15 @@ and rate limits. Every piece of time comes from the injected ``Clock``, except l
 concurrency and request rates in benches.
 
 Order of work for each request: arrival (log stamps, in-flight count) -> ``latency`` -> injected fault
-(``fail`` / ``throttle`` answer at once; ``hang`` sleeps, then the request carries on) -> rate limits ->
-the provider's handler. Every answer, faults included, is logged in ``requests``.
+(``fail`` / ``throttle`` answer at once; ``hang`` sleeps, then the request carries on) -> rate limits (which
+count each request at its arrival time, as a provider does) -> the provider's handler. Every answer, faults
+included, is logged in ``requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 import secrets
@@ -76,6 +78,7 @@ class RequestRecord:
     status: int  # 499: the client went away (timeout) before the answer
     fault: str | None = None  # "fail" | "throttle" | "hang" | "rate_limited" | None
     duration: float = 0.0  # real seconds spent answering
+    client: str | None = None  # the peer as "host:port" (tells apart the processes polling a real server)
 
 
 @dataclass
@@ -235,11 +238,30 @@ class SimulatorBase:
     def _control_routes(self) -> list[Route]:
         """``/_sim/*``: for benches that run the simulator as a process. Not logged, never faulted or limited."""
         return [Route("/_sim/stats", self._stats_endpoint, methods=["GET"]),
+                Route("/_sim/log", self._log_endpoint, methods=["GET"]),
                 Route("/_sim/records", self._records_endpoint, methods=["POST"]),
                 Route("/_sim/reset", self._reset_endpoint, methods=["POST"])]
 
     async def _stats_endpoint(self, request: Request) -> Response:
         return JSONResponse(self.stats())
+
+    async def _log_endpoint(self, request: Request) -> Response:
+        """``GET /_sim/log?after=N&path=TEXT``: the request log from entry ``after`` on (default 0), optionally
+        only paths containing ``path``; ``next`` is the ``after`` for the following call. Each entry is a row of
+        ``fields``: wall-clock arrival (unix seconds, the simulator's clock), ``time.monotonic()`` at arrival,
+        method, path, customer id, HTTP status, fault, seconds spent answering, client ``host:port``."""
+        try:
+            after = max(0, int(request.query_params.get("after", "0")))
+        except ValueError:
+            return JSONResponse({"error": "after must be a whole number"}, status_code=400)
+        path = request.query_params.get("path")
+        end = len(self.requests)
+        rows = [[r.at.timestamp(), r.monotonic, r.method, r.path, r.customer_id, r.status, r.fault,
+                 round(r.duration, 6), r.client]
+                for r in self.requests[after:end] if path is None or path in r.path]
+        return JSONResponse({"fields": ["at", "monotonic", "method", "path", "customer_id", "status", "fault",
+                                        "duration", "client"],
+                             "next": end, "keep_log": self.keep_log, "requests": rows})
 
     async def _records_endpoint(self, request: Request) -> Response:
         """``POST /_sim/records {"id", "status", ...fields}``: add or change one record."""
@@ -290,7 +312,7 @@ class SimulatorBase:
                 else:
                     response = self._throttle_response(self._retry_after_header(fault.retry_after))
             if response is None and (kind == "api" or self.limit_auth):
-                wait = self._admit()
+                wait = self._admit(at)
                 if wait is not None:
                     fault_name = "rate_limited"
                     response = self._throttle_response(str(wait))
@@ -306,8 +328,10 @@ class SimulatorBase:
         finally:
             self.in_flight -= 1
             if self.keep_log:
+                peer = request.client
                 self.requests.append(RequestRecord(at, arrived, request.method, path, customer_id, status,
-                                                   fault_name, time.monotonic() - arrived))
+                                                   fault_name, time.monotonic() - arrived,
+                                                   f"{peer.host}:{peer.port}" if peer is not None else None))
 
     async def _customer_of(self, request: Request) -> str | None:
         """The customer (or application) a request is about, for the log and fault filters."""
@@ -401,11 +425,13 @@ class SimulatorBase:
             while stamps and stamps[0] <= edge:
                 stamps.popleft()
 
-    def _admit(self) -> int | None:
-        """Count one request; None if admitted, else whole seconds until a slot frees (at least 1)."""
+    def _admit(self, arrived: datetime | None = None) -> int | None:
+        """Count one request that arrived at ``arrived`` (default: now); None if admitted, else whole seconds
+        until a slot frees (at least 1). A provider counts requests as they arrive: the latency slept since
+        must not move them, nor bunch them when several sleeps end late together on a busy machine."""
         if not self._limits:
             return None
-        now = self.clock.now()
+        now = self.clock.now() if arrived is None else arrived
         self._prune(now)
         waits = [
             (stamps[0] + timedelta(seconds=window) - now).total_seconds()
@@ -415,7 +441,7 @@ class SimulatorBase:
         if waits:
             return max(1, math.ceil(max(waits)))
         for stamps in self._windows:
-            stamps.append(now)
+            bisect.insort(stamps, now)  # checks can come a little out of arrival order
         return None
 
     def rate_state(self) -> tuple[int, int, int] | None:

@@ -1,0 +1,262 @@
+"""Escalation on a fake clock: tiers exactly at 2 h / 5 h, once, resolved when decided, business days, repeats,
+incidents, check before alert, acknowledgement."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import make_settings
+from tracker.bootstrap import Container, build
+from tracker.clock import FakeClock
+from tracker.db import queries
+from tracker.db.tables import alerts, customers, notifications
+from tracker.providers.simulators import BlaaizSimulator, CryptoPocketSimulator, HostRouter
+from tracker.web.app import create_app
+
+
+@pytest.fixture
+def pocket(clock: FakeClock) -> CryptoPocketSimulator:
+    return CryptoPocketSimulator(clock=clock)
+
+
+def settings_for(database_url: str, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "cryptopocket_base_url": CryptoPocketSimulator.api_base_url, "cryptopocket_api_key": "sim-cryptopocket-key",
+        "cryptopocket_api_secret": "sim-cryptopocket-secret", "rate_limits": {},
+        "poll_interval": timedelta(hours=24), "awaiting_poll_interval": timedelta(hours=24),
+        "critical_repeat": timedelta(hours=1)}
+    values.update(overrides)
+    return make_settings(database_url, **values)
+
+
+@pytest.fixture
+async def app(database_url: str, clock: FakeClock, pocket: CryptoPocketSimulator) -> AsyncIterator[Container]:
+    container = build(settings_for(database_url), clock, transport=HostRouter.of(pocket))
+    container.start()
+    yield container
+    await container.poller.drain()
+    await container.outbox.drain()
+    await container.http.aclose()
+    container.stop()
+    container.engine.dispose()
+
+
+async def make_pending(app: Container, pocket: CryptoPocketSimulator, user: str) -> int:
+    """A CryptoPocket customer whose review starts now (seen by a poll)."""
+    pocket.add_customer(user, "processing")
+    cid = int(app.customers.register({"provider": "cryptopocket", "provider_customer_id": user,
+                                      "customer_type": "individual"}).row.id)
+    await app.poller.tick()
+    await app.poller.drain()
+    assert customer(app, cid).state == "pending"
+    return cid
+
+
+def customer(app: Container, cid: int) -> Any:
+    with app.engine.connect() as conn:
+        return queries.get_customer(conn, cid)
+
+
+def alert_rows(app: Container, cid: int | None = None) -> list[Any]:
+    with app.engine.connect() as conn:
+        query = select(alerts).order_by(alerts.c.id)
+        if cid is not None:
+            query = query.where(alerts.c.customer_id == cid)
+        return list(conn.execute(query))
+
+
+def notices(app: Container) -> list[Any]:
+    with app.engine.connect() as conn:
+        return list(conn.execute(select(notifications).order_by(notifications.c.id)))
+
+
+async def sweep(app: Container) -> None:
+    await app.escalator.tick()
+
+
+async def run_until(app: Container, clock: FakeClock, until: datetime, step: timedelta = timedelta(seconds=1)) -> None:
+    while clock.now() < until:
+        clock.advance(step)
+        await sweep(app)
+
+
+async def test_overdue_at_exactly_2h_and_critical_at_5h_not_a_tick_before(app, clock, pocket) -> None:
+    cid = await make_pending(app, pocket, "usr_1")
+    t0 = customer(app, cid).pending_since
+    clock.set(t0 + timedelta(hours=2) - timedelta(seconds=1))
+    await sweep(app)
+    assert alert_rows(app, cid) == []
+    assert customer(app, cid).tier == "none"
+    clock.set(t0 + timedelta(hours=2))
+    await sweep(app)
+    assert [(a.kind, a.state) for a in alert_rows(app, cid)] == [("overdue", "open")]
+    assert customer(app, cid).tier == "overdue"
+    clock.set(t0 + timedelta(hours=5) - timedelta(seconds=1))
+    await sweep(app)
+    assert len(alert_rows(app, cid)) == 1
+    clock.set(t0 + timedelta(hours=5))
+    await sweep(app)
+    assert [a.kind for a in alert_rows(app, cid)] == ["overdue", "critical"]
+    assert customer(app, cid).tier == "critical"
+    assert customer(app, cid).deadline_at is None  # nothing further to cross
+    for _ in range(100):  # extra sweeps change nothing
+        await sweep(app)
+    assert len(alert_rows(app, cid)) == 2
+    assert [n.action for n in notices(app)] == ["trigger", "trigger"]
+
+
+async def test_the_check_before_alert_finds_it_decided(app, clock, pocket) -> None:
+    cid = await make_pending(app, pocket, "usr_2")
+    pocket.set_status("usr_2", "valid")
+    clock.set(customer(app, cid).pending_since + timedelta(hours=2))
+    await sweep(app)
+    assert customer(app, cid).state == "verified"
+    assert alert_rows(app, cid) == []
+
+
+async def test_decided_at_1h59_gets_nothing(app, clock, pocket, database_url) -> None:
+    cid = await make_pending(app, pocket, "usr_3")
+    t0 = customer(app, cid).pending_since
+    clock.set(t0 + timedelta(hours=1, minutes=59))
+    pocket.set_status("usr_3", "fail")
+    with app.engine.begin() as conn:
+        conn.execute(customers.update().where(customers.c.id == cid).values(next_poll_at=clock.now()))
+    await app.poller.tick()
+    await app.poller.drain()
+    assert customer(app, cid).state == "rejected"
+    await run_until(app, clock, t0 + timedelta(hours=6), step=timedelta(minutes=7))
+    assert alert_rows(app, cid) == []
+    assert notices(app) == []
+
+
+async def test_decided_at_3h_gets_overdue_then_a_resolve(app, clock, pocket) -> None:
+    cid = await make_pending(app, pocket, "usr_4")
+    t0 = customer(app, cid).pending_since
+    clock.set(t0 + timedelta(hours=2))
+    await sweep(app)
+    clock.set(t0 + timedelta(hours=3))
+    pocket.set_status("usr_4", "valid")
+    with app.engine.begin() as conn:
+        conn.execute(customers.update().where(customers.c.id == cid).values(next_poll_at=clock.now()))
+    await app.poller.tick()
+    await app.poller.drain()
+    rows = alert_rows(app, cid)
+    assert [(a.kind, a.state) for a in rows] == [("overdue", "resolved")]
+    assert [n.action for n in notices(app)] == ["trigger", "resolve"]
+    assert customer(app, cid).tier == "none"
+    await run_until(app, clock, t0 + timedelta(hours=6), step=timedelta(minutes=10))
+    assert len(alert_rows(app, cid)) == 1
+
+
+async def test_resubmission_after_rejection_gets_its_own_alerts(app, clock, pocket) -> None:
+    cid = await make_pending(app, pocket, "usr_5")
+    t0 = customer(app, cid).pending_since
+    clock.set(t0 + timedelta(hours=2))
+    await sweep(app)
+    pocket.set_status("usr_5", "fail")
+    with app.engine.begin() as conn:
+        conn.execute(customers.update().where(customers.c.id == cid).values(next_poll_at=clock.now()))
+    await app.poller.tick()
+    await app.poller.drain()
+    clock.advance(timedelta(minutes=30))
+    pocket.set_status("usr_5", "processing")
+    with app.engine.begin() as conn:
+        conn.execute(customers.update().where(customers.c.id == cid).values(next_poll_at=clock.now()))
+    await app.poller.tick()
+    await app.poller.drain()
+    t1 = customer(app, cid).pending_since
+    assert t1 == clock.now()
+    clock.set(t1 + timedelta(hours=2))
+    await sweep(app)
+    rows = alert_rows(app, cid)
+    assert [(a.kind, a.attempt, a.state) for a in rows] == [("overdue", 1, "resolved"), ("overdue", 2, "open")]
+
+
+async def test_blaaiz_business_submitted_on_friday(database_url) -> None:
+    friday = datetime(2026, 1, 9, 16, 0, tzinfo=UTC)
+    clock = FakeClock(friday)
+    sim = BlaaizSimulator(clock=clock)
+    container = build(make_settings(database_url), clock, transport=HostRouter.of(sim))
+    try:
+        cid = int(container.customers.register({"provider": "blaaiz", "provider_customer_id": "biz_1",
+                                                "customer_type": "business"}).row.id)
+        container.customers.submit(cid)
+        await run_until(container, clock, datetime(2026, 1, 16, 15, 30, tzinfo=UTC), step=timedelta(minutes=30))
+        clock.set(datetime(2026, 1, 16, 15, 59, 59, tzinfo=UTC))
+        await sweep(container)
+        assert alert_rows(container, cid) == []
+        clock.set(datetime(2026, 1, 16, 16, 0, tzinfo=UTC))
+        await sweep(container)
+        assert [a.kind for a in alert_rows(container, cid)] == ["overdue"]
+        assert "5 business days" in (alert_rows(container, cid)[0].detail or "")
+        await run_until(container, clock, datetime(2026, 1, 20, tzinfo=UTC), step=timedelta(hours=3))
+        assert len(alert_rows(container, cid)) == 1  # no hour-based critical tier for KYB
+    finally:
+        await container.http.aclose()
+        container.engine.dispose()
+
+
+async def test_downtime_raises_every_missed_threshold_once(app, clock, pocket) -> None:
+    cid = await make_pending(app, pocket, "usr_6")
+    pocket.set_status("usr_6", "processing")
+    clock.advance(timedelta(hours=7))  # the worker was down across both thresholds
+    await sweep(app)
+    assert [a.kind for a in alert_rows(app, cid)] == ["overdue", "critical"]
+    await sweep(app)
+    assert len(alert_rows(app, cid)) == 2
+
+
+async def test_critical_repeats_until_acknowledged(app, clock, pocket, database_url) -> None:
+    cid = await make_pending(app, pocket, "usr_7")
+    t0 = customer(app, cid).pending_since
+    clock.set(t0 + timedelta(hours=5))
+    await sweep(app)
+    critical = next(a for a in alert_rows(app, cid) if a.kind == "critical")
+    clock.advance(timedelta(minutes=59))
+    await sweep(app)
+    assert [n.action for n in notices(app)].count("repeat") == 0
+    clock.advance(timedelta(minutes=1))
+    await sweep(app)
+    assert [n.action for n in notices(app)].count("repeat") == 1
+    key = app.api_keys.create("ops", "admin")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(app)), base_url="http://t") as http:
+        response = await http.post(f"/v1/alerts/{critical.id}/acknowledge", headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+        assert response.json()["state"] == "acknowledged"
+        assert response.json()["acknowledged_by"] == "ops"
+        listed = await http.get("/v1/alerts?state=acknowledged", headers={"authorization": f"Bearer {key}"})
+        assert [a["id"] for a in listed.json()["items"]] == [critical.id]
+        bad = await http.get("/v1/alerts?state=closed", headers={"authorization": f"Bearer {key}"})
+        assert bad.status_code == 400
+        missing = await http.post("/v1/alerts/999/acknowledge", headers={"authorization": f"Bearer {key}"})
+        assert missing.status_code == 404
+    clock.advance(timedelta(hours=3))
+    await sweep(app)
+    assert [n.action for n in notices(app)].count("repeat") == 1
+
+
+async def test_many_crossings_fold_into_one_provider_incident(database_url, clock, pocket) -> None:
+    container = build(settings_for(database_url, incident_threshold=5, incident_window=timedelta(minutes=10)),
+                      clock, transport=HostRouter.of(pocket))
+    try:
+        ids = [await make_pending(container, pocket, f"usr_i{n}") for n in range(12)]
+        clock.advance(timedelta(hours=2))
+        await sweep(container)
+        rows = alert_rows(container)
+        incidents = [a for a in rows if a.kind == "incident"]
+        assert len(incidents) == 1
+        overdue = [a for a in rows if a.kind == "overdue"]
+        assert len(overdue) == 12
+        assert all(a.incident_id == incidents[0].id for a in overdue)
+        triggers = [n for n in notices(container) if n.action == "trigger"]
+        assert len(triggers) == 5  # four customers alone, then the incident; the rest fold into it
+        assert ids
+    finally:
+        await container.http.aclose()
+        container.engine.dispose()

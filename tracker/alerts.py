@@ -1,0 +1,181 @@
+"""Raising, resolving and acknowledging alerts, and writing their notices to the outbox in the caller's
+transaction (so a notice exists exactly when the change that caused it committed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping
+
+from tracker.alerting.base import Notice
+from tracker.db import queries
+from tracker.domain.escalation import Tier
+
+log = logging.getLogger("tracker.alerts")
+
+PROVIDER_NAMES = {"blaaiz": "Blaaiz", "connectfi": "connectFi", "cryptopocket": "CryptoPocket"}
+SEVERITY = {"critical": "critical", "overdue": "warning", "conflict": "error", "unknown_status": "warning"}
+RESOLVE_CHANNELS = frozenset({"pagerduty", "slack", "webhook", "log"})  # channels that take a resolve notice
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    channels: tuple[str, ...] = ("log",)
+    critical_repeat: timedelta | None = timedelta(hours=1)
+    incident_threshold: int = 10
+    incident_window: timedelta = timedelta(minutes=10)
+
+
+def _hours(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    hours = seconds / 3600
+    return f"{hours:.0f} h" if hours >= 1 else f"{seconds // 60} min"
+
+
+def advice(kind: str, provider: str, customer: Mapping[str, Any] | RowMapping | None) -> str:
+    pcid = customer["provider_customer_id"] if customer is not None else ""
+    name = PROVIDER_NAMES.get(provider, provider)
+    business = customer is not None and customer["customer_type"] == "business"
+    if kind == "overdue":
+        if provider == "blaaiz" and business:
+            return (f"The business review has passed 5 business days: raise customer {pcid} with Blaaiz support "
+                    "(support@blaaiz.com).")
+        if provider == "blaaiz":
+            return f"Blaaiz now attends enquiries (2 h or more): you may enquire about customer {pcid}."
+        return f"{name} publishes no review time: enquire with {name} support about customer {pcid}."
+    if kind == "critical":
+        if provider == "blaaiz":
+            return f"E-mail Blaaiz operations (support@blaaiz.com) with the customer id {pcid}."
+        return f"Contact {name} operations with the customer id {pcid}."
+    if kind == "conflict":
+        return (f"{name} contradicts a verified customer: check {pcid} with {name}; the tracker keeps it verified "
+                "until a person decides.")
+    if kind == "unknown_status":
+        return "Treated as still in progress. Ask the tracker's maintainers to map this value."
+    return ""
+
+
+def notice_for(alert: Mapping[str, Any] | RowMapping, action: str, now: datetime,
+               customer: Mapping[str, Any] | RowMapping | None, repeat: int = 0) -> Notice:
+    pending_seconds = None
+    if customer is not None and customer["pending_since"] is not None:
+        pending_seconds = int((now - customer["pending_since"]).total_seconds())
+    key = f"alert:{alert['id']}:{action}" + (f":{repeat}" if action == "repeat" else "")
+    detail = json.loads(alert["detail"]) if alert["detail"] else {}
+    kind = alert["kind"]
+    severity = "info" if action == "resolve" else SEVERITY.get(kind, detail.get("severity", "warning"))
+    title = alert["title"] if action != "resolve" else f"Resolved: {alert['title']}"
+    if action == "repeat":
+        title = f"Still unacknowledged: {alert['title']}"
+    return Notice(
+        key=key, alert_key=alert["key"], alert_id=alert["id"], action=action, kind=kind, severity=severity,
+        title=title, advice="" if action == "resolve" else detail.get("advice", ""), provider=alert["provider"],
+        created_at=now, customer_id=customer["id"] if customer is not None else None,
+        provider_customer_id=customer["provider_customer_id"] if customer is not None else None,
+        reference=customer["reference"] if customer is not None else None, pending_seconds=pending_seconds,
+        details={k: v for k, v in detail.items() if k not in ("advice",)},
+    )
+
+
+def enqueue(conn: Connection, notice: Notice, channels: Sequence[str], now: datetime) -> None:
+    payload = json.dumps({**asdict(notice), "created_at": notice.created_at.isoformat()})
+    queries.insert_notifications(conn, [{
+        "key": notice.key, "alert_id": notice.alert_id, "channel": channel, "action": notice.action,
+        "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+    } for channel in channels])
+
+
+def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: str, provider: str, now: datetime,
+                title: str, customer: Mapping[str, Any] | RowMapping | None = None, attempt: int | None = None,
+                detail: Mapping[str, Any] | None = None) -> int | None:
+    """Open an alert (once per key) and enqueue its notices; fold it into a provider incident when many
+    customers of one provider cross the same tier together. Returns the new alert's id, or None if it existed."""
+    body = {"advice": advice(kind, provider, customer), **(detail or {})}
+    values = {
+        "key": key, "kind": kind, "provider": provider, "customer_id": customer["id"] if customer else None,
+        "attempt": attempt, "state": "open", "title": title, "detail": json.dumps(body), "opened_at": now,
+        "repeats": 0,
+        "next_repeat_at": now + settings.critical_repeat if kind == Tier.CRITICAL.value and settings.critical_repeat
+        else None,
+    }
+    alert_id = queries.insert_alert(conn, values)
+    if alert_id is None:
+        return None
+    alert = {**values, "id": alert_id}
+    incident = _incident(conn, settings, kind, provider, now) if kind in (Tier.OVERDUE, Tier.CRITICAL) else None
+    if incident is not None:
+        queries.update_alert(conn, alert_id, {"incident_id": incident, "next_repeat_at": None})
+        return alert_id
+    enqueue(conn, notice_for(alert, "trigger", now, customer), settings.channels, now)
+    log.info("alert %s raised: %s", alert_id, key)
+    return alert_id
+
+
+def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: str, now: datetime) -> int | None:
+    """The provider incident this tier crossing folds into, opened now if the threshold is reached."""
+    since = now - settings.incident_window
+    if queries.count_recent_alerts(conn, provider, tier, since) < settings.incident_threshold:
+        return None
+    existing = queries.open_incident(conn, provider, tier, since)
+    if existing is not None:
+        return int(existing.id)
+    name = PROVIDER_NAMES.get(provider, provider)
+    minutes = int(settings.incident_window.total_seconds() // 60)
+    title = (f"{name}: {settings.incident_threshold} or more customers crossed {tier} within {minutes} min "
+             "(provider-level incident)")
+    detail = {"advice": f"Likely a delay or outage at {name}: contact {name} once about the incident, not per "
+                        "customer. The customers are listed under this alert.", "tier": tier,
+              "severity": "critical" if tier == Tier.CRITICAL.value else "warning"}
+    values = {"key": f"incident:{provider}:{tier}:{now.isoformat()}", "kind": "incident", "provider": provider,
+              "customer_id": None, "attempt": None, "state": "open", "title": title, "detail": json.dumps(detail),
+              "opened_at": now, "repeats": 0, "next_repeat_at": None}
+    incident_id = queries.insert_alert(conn, values)
+    if incident_id is None:  # same key in the same instant: the other one is ours
+        found = queries.open_incident(conn, provider, tier, since)
+        return None if found is None else int(found.id)
+    enqueue(conn, notice_for({**values, "id": incident_id}, "trigger", now, None), settings.channels, now)
+    # The open per-customer alerts of this crossing fold into it.
+    for row in queries.recent_alerts(conn, provider, tier, since):
+        if row.incident_id is None and row.id != incident_id:
+            queries.update_alert(conn, row.id, {"incident_id": incident_id, "next_repeat_at": None})
+    return incident_id
+
+
+def resolve_customer(conn: Connection, settings: AlertSettings, customer: Mapping[str, Any] | RowMapping,
+                     now: datetime) -> int:
+    """The customer left ``pending``: resolve its open tier alerts and tell the channels that take resolves."""
+    resolved = 0
+    for alert in queries.open_alerts_of(conn, customer["id"]):
+        if alert.kind not in (Tier.OVERDUE.value, Tier.CRITICAL.value):
+            continue
+        queries.update_alert(conn, alert.id, {"state": "resolved", "resolved_at": now, "next_repeat_at": None})
+        resolved += 1
+        if queries.notifications_of(conn, [alert.id]):  # it was announced (not folded at birth): announce the end
+            enqueue(conn, notice_for(alert._mapping, "resolve", now, {**customer, "pending_since": None}),
+                    _resolve_channels(settings), now)
+        if alert.incident_id is not None and queries.count_open_members(conn, alert.incident_id) == 0:
+            incident = queries.get_alert(conn, alert.incident_id, lock=True)
+            if incident is not None and incident.state != "resolved":
+                queries.update_alert(conn, incident.id, {"state": "resolved", "resolved_at": now})
+                enqueue(conn, notice_for(incident._mapping, "resolve", now, None), _resolve_channels(settings), now)
+    return resolved
+
+
+def _resolve_channels(settings: AlertSettings) -> list[str]:
+    return [channel for channel in settings.channels if channel in RESOLVE_CHANNELS]
+
+
+def acknowledge(conn: Connection, alert_id: int, actor: str, now: datetime) -> Any:
+    alert = queries.get_alert(conn, alert_id, lock=True)
+    if alert is None:
+        return None
+    if alert.state == "open":
+        queries.update_alert(conn, alert_id, {"state": "acknowledged", "acknowledged_at": now,
+                                              "acknowledged_by": actor, "next_repeat_at": None})
+    return queries.get_alert(conn, alert_id)

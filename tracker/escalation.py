@@ -1,0 +1,205 @@
+"""Escalation: the SLA clock's deadlines are rows (``customers.deadline_at``), claimed like polls, so a threshold
+is raised within a tick of being crossed, once, also after downtime; and the lifecycle effects that keep those
+rows right when a customer enters or leaves ``pending``.
+
+Before raising a tier for a provider that can be polled, the customer is polled once (within a short budget):
+no alert for a case that has in fact been decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, RowMapping
+
+from tracker.alerts import AlertSettings, raise_alert, resolve_customer
+from tracker.clock import Clock
+from tracker.db import queries
+from tracker.db.engine import write_transaction
+from tracker.domain.escalation import EscalationPolicy, Tier, next_deadline, tier_at
+from tracker.domain.lifecycle import Decision, Signal, State
+from tracker.metrics import Metrics
+from tracker.providers.base import CustomerRef, ProviderError, StatusReport
+from tracker.transitions import ConcurrentChange, apply_signal
+
+log = logging.getLogger("tracker.escalation")
+ORDER = (Tier.NONE, Tier.OVERDUE, Tier.CRITICAL)
+CHECK_BUDGET = timedelta(seconds=0.8)  # the check before an alert must not delay the alert past its tick
+
+
+class LifecycleEffects:
+    """Keeps deadlines and alerts in step with the lifecycle (``tracker.transitions.Effects``)."""
+
+    def __init__(self, policy: EscalationPolicy, alerts: AlertSettings) -> None:
+        self.policy = policy
+        self.alerts = alerts
+
+    def deadline(self, provider: str, customer_type: str, pending_since: datetime | None, tier: Tier
+                 ) -> dict[str, Any]:
+        thresholds = self.policy.thresholds(provider, customer_type)
+        upcoming = next_deadline(thresholds, pending_since, tier)
+        return {"deadline_at": upcoming[1] if upcoming else None,
+                "deadline_tier": upcoming[0].value if upcoming else None}
+
+    def on_move(self, conn: Connection, row: Mapping[str, Any] | RowMapping, decision: Decision, now: datetime
+                ) -> dict[str, Any]:
+        after, before = decision.after, decision.before
+        if after.state is State.PENDING:  # a new attempt: its own clock and its own alerts
+            return {"tier": Tier.NONE.value,
+                    **self.deadline(row["provider"], row["customer_type"], after.pending_since, Tier.NONE)}
+        if before.state is State.PENDING:
+            resolve_customer(conn, self.alerts, row, now)
+            return {"tier": Tier.NONE.value, "deadline_at": None, "deadline_tier": None}
+        return {}
+
+    def on_conflict(self, conn: Connection, row: Mapping[str, Any] | RowMapping, signal: Signal, now: datetime,
+                    cause: str) -> None:
+        raw = signal.provider_status or (signal.trigger.value if signal.trigger else "?")
+        raise_alert(conn, self.alerts, key=f"conflict:customer:{row['id']}:{raw}:{cause}", kind="conflict",
+                    provider=row["provider"], now=now, customer=row,
+                    title=f"{row['provider']} says {raw} for verified customer {row['provider_customer_id']}",
+                    detail={"provider_status": raw})
+
+    def on_unknown(self, conn: Connection, row: Mapping[str, Any] | RowMapping, raw: str, now: datetime) -> None:
+        raise_alert(conn, self.alerts, key=f"unknown_status:customer:{row['id']}:{raw}", kind="unknown_status",
+                    provider=row["provider"], now=now, customer=row,
+                    title=f"{row['provider']} sent an undocumented status {raw!r} for {row['provider_customer_id']}",
+                    detail={"provider_status": raw})
+
+
+class Escalator:
+    def __init__(self, engine: Engine, clock: Clock, effects: LifecycleEffects, *, owner: str,
+                 lease: timedelta = timedelta(seconds=30), checker: Any = None, metrics: Metrics | None = None,
+                 batch: int = 500) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.effects = effects
+        self.owner = owner
+        self.lease = lease
+        self.checker = checker  # the Poller, for the check before an alert; None: no checks
+        self.metrics = metrics
+        self.batch = batch
+
+    async def tick(self) -> int:
+        """Raise every due threshold (and due repeats); returns how many customers were looked at."""
+        total = 0
+        while True:
+            rows = await asyncio.to_thread(self._claim)
+            if not rows:
+                break
+            reports = await self._check(rows)
+            await asyncio.to_thread(self._settle, rows, reports)
+            total += len(rows)
+            if len(rows) < self.batch:
+                break
+        await asyncio.to_thread(self._repeats)
+        return total
+
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
+
+    def _claim(self) -> list[Row[Any]]:
+        now = self.clock.now()
+        with self._begin() as conn:
+            return queries.claim_deadlines(conn, now, self.batch, self.owner, now + self.lease)
+
+    async def _check(self, rows: list[Row[Any]]) -> dict[int, StatusReport]:
+        """Poll each customer whose provider can be polled, once, within the check budget."""
+        plans = getattr(self.checker, "plans", {})
+        pollable = [row for row in rows if row.provider in plans and row.state == State.PENDING.value]
+        if not pollable:
+            return {}
+
+        async def one(row: Row[Any]) -> tuple[int, StatusReport | None]:
+            try:
+                report = await plans[row.provider].adapter.fetch_status(
+                    CustomerRef(row.provider_customer_id, row.customer_type, row.application_id))
+            except (ProviderError, Exception) as exc:  # no answer: alert anyway, the case is still open
+                log.info("check before alert failed for customer %s: %s", row.id, exc)
+                return row.id, None
+            return row.id, report
+
+        done, pending = await asyncio.wait([asyncio.create_task(one(row)) for row in pollable],
+                                           timeout=CHECK_BUDGET.total_seconds())
+        for task in pending:
+            task.cancel()
+        results = [task.result() for task in done]
+        return {customer_id: report for customer_id, report in results if report is not None}
+
+    def _settle(self, rows: list[Row[Any]], reports: dict[int, StatusReport]) -> None:
+        for claimed in rows:
+            try:
+                with self._begin() as conn:
+                    self._settle_one(conn, claimed.id, reports.get(claimed.id))
+            except ConcurrentChange:
+                log.info("customer %s changed while escalating; the next tick looks again", claimed.id)
+            except Exception:
+                log.exception("escalating customer %s failed; it is retried after its lease", claimed.id)
+
+    def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None) -> None:
+        now = self.clock.now()
+        row = queries.lock_customer(conn, customer_id)
+        if row is None or row.deadline_lease_owner != self.owner:
+            return
+        if report is not None:
+            applied = apply_signal(conn, row, report.signal, now, f"check:{self.owner}", effects=self.effects,
+                                   extra=lambda decision: {"last_polled_at": now, "last_signal_at": now})
+            if applied.decision.moved and self.metrics is not None:
+                for change in applied.changes:
+                    self.metrics.observe_transition(row.provider, change["from"], change["to"], change["trigger"],
+                                                    "poll")
+            row = queries.lock_customer(conn, customer_id)
+            assert row is not None
+        values: dict[str, Any] = {"deadline_lease_until": None, "deadline_lease_owner": None}
+        if row.state != State.PENDING.value:
+            values.update(deadline_at=None, deadline_tier=None)
+        else:
+            customer_type = row.customer_type if row.customer_type != "unknown" else "individual"
+            thresholds = self.effects.policy.thresholds(row.provider, customer_type)
+            reached = tier_at(thresholds, row.pending_since, now)
+            current = Tier(row.tier)
+            for tier in ORDER[ORDER.index(current) + 1:ORDER.index(reached) + 1]:
+                self._raise(conn, row, tier, now)
+            if ORDER.index(reached) > ORDER.index(current):
+                values["tier"] = reached.value
+                values["version"] = row.version + 1
+                values["updated_at"] = now
+            values.update(self.effects.deadline(row.provider, customer_type, row.pending_since,
+                                                max(reached, current, key=ORDER.index)))
+        values.update(_id=row.id, _old_version=row.version)
+        if queries.update_customers(conn, [values]) != 1:
+            raise ConcurrentChange(f"customer {row.id} changed meanwhile")
+
+    def _raise(self, conn: Connection, row: Row[Any], tier: Tier, now: datetime) -> None:
+        pending = int((now - row.pending_since).total_seconds()) if row.pending_since else 0
+        name = row.provider
+        title = (f"{name} verification of {row.provider_customer_id} pending {pending // 3600} h "
+                 f"{(pending % 3600) // 60:02d} min: {tier.value}")
+        alert = raise_alert(conn, self.effects.alerts, key=f"customer:{row.id}:attempt:{row.attempts}:{tier.value}",
+                            kind=tier.value, provider=row.provider, now=now, customer=row._mapping,
+                            attempt=row.attempts, title=title,
+                            detail={"tier": tier.value, "pending_since": row.pending_since.isoformat()
+                                    if row.pending_since else None})
+        if alert is not None and self.metrics is not None:
+            self.metrics.alerts.labels(row.provider, tier.value).inc()
+
+    def _repeats(self) -> None:
+        """Unacknowledged critical alerts are announced again every ``critical_repeat``."""
+        repeat = self.effects.alerts.critical_repeat
+        if not repeat:
+            return
+        from tracker.alerts import enqueue, notice_for
+
+        now = self.clock.now()
+        with self._begin() as conn:
+            for alert in queries.due_repeats(conn, now, self.batch):
+                customer = queries.get_customer(conn, alert.customer_id) if alert.customer_id else None
+                count = alert.repeats + 1
+                enqueue(conn, notice_for(alert._mapping, "repeat", now, customer._mapping if customer else None,
+                                         repeat=count), self.effects.alerts.channels, now)
+                queries.update_alert(conn, alert.id, {"repeats": count, "next_repeat_at": now + repeat})
