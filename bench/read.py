@@ -103,9 +103,10 @@ def _pick(rng: random.Random, table: tuple[tuple[str, float], ...]) -> str:
 
 
 def generate(n: int, now: float, seed: int = 1) -> Iterator[tuple[Any, ...]]:
-    """Customers 1..n, ids in creation order over two years. Values are Python objects; timestamps are epoch
-    seconds (floats), converted by each loader. Pending customers are the recent ones, escalated to overdue at
-    2 h and critical at 5 h (which bumps version and updated_at, as escalation would)."""
+    """Customers 1..n, ids in creation order over two years, spread over providers and states (4% pending: a
+    backlog, most under 2 h, some for days). Pending ones are escalated to overdue at 2 h and critical at 5 h,
+    which bumps version and updated_at as escalation does; decided ones carry decided_at. Values are Python
+    objects; timestamps are epoch seconds (floats), converted by each loader."""
     rng = random.Random(seed)
     start = now - 730 * DAY
     span = 730 * DAY
@@ -700,7 +701,7 @@ def print_table(lines: list[Line], args: argparse.Namespace) -> None:
     print(f"bench/read: {args.customers:,} customers; wrk -t{args.threads} -c{args.connections} "
           f"-d{args.duration:g}s, median of {args.rounds} round(s); lists: limit=50, {args.list_chains} chains of "
           f"{args.pages} pages per filter, wrk -t1 -c{args.list_concurrency} -d{args.list_duration:g}s each; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} cores, load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     for line in [head, *lines]:
         cells = [getattr(line, f) for f in ("backend", "check", "figure", "baseline", "ratio", "target", "verdict")]
         print("  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip())
@@ -735,6 +736,7 @@ def main() -> int:
     if shutil.which("wrk") is None and "get" in args.parts:
         raise SystemExit("bench/read: wrk is not installed (apt-get install wrk)")
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    args.load_before = os.getloadavg()[0]
     lines: list[Line] = []
     ok = True
     for backend in backends:

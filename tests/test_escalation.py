@@ -260,3 +260,34 @@ async def test_many_crossings_fold_into_one_provider_incident(database_url, cloc
     finally:
         await container.http.aclose()
         container.engine.dispose()
+
+
+async def test_webhooks_drive_deadlines_resolution_and_conflicts(database_url, clock) -> None:
+    from tests.conftest import blaaiz_event, post_blaaiz
+
+    container = build(make_settings(database_url), clock)
+    container.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+                                     base_url="http://t") as http:
+            await post_blaaiz(http, clock, blaaiz_event("cus_w", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
+            with container.engine.connect() as conn:
+                row = conn.execute(select(customers).where(customers.c.provider_customer_id == "cus_w")).one()
+            assert row.state == "pending"
+            assert row.deadline_at == row.pending_since + timedelta(hours=2)
+            assert row.next_poll_at == clock.now() + timedelta(minutes=10)  # Blaaiz: reconcile after quiet
+            clock.advance(timedelta(hours=3))
+            await sweep(container)
+            assert [(a.kind, a.state) for a in alert_rows(container, row.id)] == [("overdue", "open")]
+            await post_blaaiz(http, clock, blaaiz_event("cus_w", "VERIFIED", updated_at="2026-01-05T12:00:00Z"))
+            assert [(a.kind, a.state) for a in alert_rows(container, row.id)] == [("overdue", "resolved")]
+            assert [n.action for n in notices(container)] == ["trigger", "resolve"]
+            assert customer(container, row.id).deadline_at is None
+            await post_blaaiz(http, clock, blaaiz_event("cus_w", "REJECTED", updated_at="2026-01-05T12:05:00Z"))
+            kinds = [a.kind for a in alert_rows(container, row.id)]
+            assert kinds == ["overdue", "conflict"]
+            assert customer(container, row.id).state == "verified"
+    finally:
+        container.stop()
+        await container.http.aclose()
+        container.engine.dispose()

@@ -178,7 +178,7 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     engine = engine or make_engine(settings.database_url)
     metrics = Metrics()
     policy = poll_policy(settings)
-    ingestor = Ingestor(engine, clock, metrics)
+    ingestor = Ingestor(engine, clock, metrics, policy=policy)
     http = httpx.AsyncClient(transport=transport, timeout=settings.poll_timeout.total_seconds(),
                              headers={"user-agent": f"tracker/{tracker.__version__}"})
     plans = {name: ProviderPlan(adapter, spacing(settings.rate_limits.get(name, ())),
@@ -190,6 +190,7 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
         critical_repeat=settings.critical_repeat if settings.critical_repeat > timedelta(0) else None,
         incident_threshold=settings.incident_threshold, incident_window=settings.incident_window)
     effects = LifecycleEffects(escalation_policy(settings), alert_settings)
+    ingestor.effects = effects
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
     # is polled again within one interval.
     breaker = BreakerPolicy(max_cooldown=min(timedelta(minutes=5), settings.poll_interval / 4))

@@ -38,6 +38,7 @@ from tracker.db.tables import customers, history, inbound_events
 from tracker.db.types import UTCDateTime
 from tracker.domain.events import ParsedEvent
 from tracker.domain.lifecycle import Decision, Outcome, Snapshot, State, decide
+from tracker.domain.polling import PollPolicy
 from tracker.errors import DatabaseUnavailable
 from tracker.metrics import Metrics
 
@@ -373,11 +374,16 @@ class Ingestor:
     """Stores and applies inbound events. One call, one transaction."""
 
     def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None,
-                 on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 on_change: Callable[[list[dict[str, Any]]], None] | None = None,
+                 effects: Any = None, policy: PollPolicy | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.metrics = metrics
         self.on_change = on_change
+        # tracker.escalation.LifecycleEffects and the poll policy: what else follows a move, in the same
+        # transaction (deadlines, alert resolution, conflict alerts, the next poll). Rare next to the events.
+        self.effects = effects
+        self.policy = policy
         self._write = write_options(engine)
         self._statements: _Statements | None = None
 
@@ -446,6 +452,8 @@ class Ingestor:
             finally:
                 cursor.close()
             result = applied[0]
+            self._follow_up(conn, changes, [(result.customer_id, parsed)] if result.outcome == "conflict"
+                            and result.customer_id is not None else [])
             # The stored outcome is the event's first effect; a replay overwrites it only where that effect was
             # a failure, or where the replay itself moved the customer.
             if row.outcome in ("error", "rejected") or result.outcome == "accepted":
@@ -464,9 +472,49 @@ class Ingestor:
             # The driver's cursor, inside the transaction SQLAlchemy began (and will commit or roll back).
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                return self._ingest(cursor, deliveries, locked)
+                results, changes = self._ingest(cursor, deliveries, locked)
             finally:
                 cursor.close()
+            conflicts = [(result.customer_id, delivery.parsed) for delivery, result in zip(deliveries, results,
+                                                                                           strict=True)
+                         if result.outcome == "conflict" and result.customer_id is not None]
+            self._follow_up(conn, changes, conflicts)
+            return results, changes
+
+    def _follow_up(self, conn: Connection, changes: Sequence[dict[str, Any]],
+                   conflicts: Sequence[tuple[int, ParsedEvent | None]]) -> None:
+        """Escalation deadlines, alert resolution and the next poll of every customer that moved; conflict
+        alerts. Same transaction as the events, through SQLAlchemy on the same connection."""
+        if self.effects is None and self.policy is None:
+            return
+        from tracker.domain.lifecycle import Snapshot as _Snap
+        from tracker.transitions import rescheduled
+
+        now = self.clock.now()
+        last: dict[int, dict[str, Any]] = {}
+        for change in changes:
+            first = last.setdefault(change["customer_id"], dict(change))
+            first["to"] = change["to"]
+        for customer_id, change in last.items():
+            row = queries.lock_customer(conn, customer_id)
+            if row is None:
+                continue
+            before = _Snap(state=State(change["from"]))
+            after = queries.snapshot_of(row._mapping)
+            decision = Decision(Outcome.APPLIED, before, after, "webhook")
+            values: dict[str, Any] = {"last_signal_at": now}
+            if self.effects is not None and before.state != after.state:
+                values.update(self.effects.on_move(conn, row._mapping, decision, now))
+            if self.policy is not None:
+                values["next_poll_at"] = rescheduled(row._mapping, decision, now, self.policy, signal_at=now)
+            values.update(_id=row.id, _old_version=row.version)
+            queries.update_customers(conn, [values])
+        if self.effects is not None:
+            for customer_id, event in conflicts:
+                row = queries.lock_customer(conn, customer_id)
+                if row is not None and event is not None and event.signal is not None:
+                    self.effects.on_conflict(conn, row._mapping, event.signal, now,
+                                             f"event:{event.event_id or event.fingerprint[:16]}")
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery], locked: Callable[[], None] | None = None
                 ) -> tuple[list[IngestResult], list[dict[str, Any]]]:
