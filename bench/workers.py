@@ -9,23 +9,29 @@ One command (``bench/workers`` or ``python bench/workers.py``). For each worker 
 2. inserts those CUSTOMERS as tracked cryptopocket customers already ``pending`` for an hour, so the policy's
    ceiling applies at once: each is due every INTERVAL (``TRACKER_POLL_INTERVAL``); their first due times are
    spread evenly over one interval;
-3. starts N ``tracker worker`` processes (``TRACKER_TICK``, ``TRACKER_POLL_LEASE``, no rate limit) and waits
-   until every customer has been polled and every worker is polling, plus one interval;
+3. starts N ``tracker worker`` processes (``TRACKER_TICK`` 200ms, ``TRACKER_POLL_LEASE``, no rate limit,
+   ``TRACKER_CRYPTOPOCKET_CONCURRENCY`` 16: a worker claims at most twice its concurrency a tick, so 150 polls
+   a second need more than the default 4) and waits until every customer has been polled and every worker is
+   polling, plus one interval;
 4. steady phase: for DURATION seconds it counts, from the simulator's request log (``GET /_sim/log``: arrival
    times, customer, client port), the status requests. Targets: the total within 1 % of CUSTOMERS x
    (DURATION / INTERVAL), and no double poll (two polls of one customer less than half an interval apart) in
    the whole run;
 5. kill phase: a tenth of the customers (``--flip``) turn ``valid`` at the provider; the bench watches
    ``customers.poll_lease_owner`` for the first worker's owner id (``host:pid:hex``) and SIGKILLs it as soon as
-   it holds claims; half of the customers it held then turn ``valid`` too. Targets: every customer it held is
-   polled by another worker, not before its lease expired (``poll_lease_until``) and within the lease time after
-   it; no lease of the dead worker is left; every customer turned ``valid`` is ``verified`` with exactly one
-   ``provider_approved`` history row, no (customer, to_state, trigger) history row exists twice, and no other
-   customer has a history row.
+   it holds claims (should it have finished them all in between, a new worker replaces it and the next one is
+   killed, up to three times); half of the customers it held then turn ``valid`` too. Targets: every customer
+   it held is polled by another worker, not before its lease expired (``poll_lease_until``) and within the
+   lease time after it; no lease of the dead worker is left; every customer turned ``valid`` is ``verified``
+   with exactly one ``provider_approved`` history row, no (customer, to_state, trigger) history row exists
+   twice, and no other customer has a history row.
 
 Polls are told apart by worker through the client port of each request, mapped to the worker process that
 owned that socket (``/proc/<pid>/fd`` and ``/proc/net/tcp``, sampled during the run); a request of the killed
 worker is one that arrived before it died, or up to a second later from one of its own ports.
+
+The machine's CPU pressure over the steady window (Linux PSI) is printed with it: the workers, PostgreSQL and
+the simulator need about 1.5 of 2 cores here, so a machine shared with other loads shows in the poll count.
 
 It prints a report per worker count and PASS or FAIL; the exit status is 1 on FAIL.
 """

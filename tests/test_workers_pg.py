@@ -52,7 +52,7 @@ def test_two_workers_poll_each_customer_once_per_interval_and_survive_kill9() ->
     require_postgres()
     workers = load_bench()
     out = io.StringIO()
-    options = workers.Options(customers=100, interval=timedelta(seconds=1), duration=12.0,
+    options = workers.Options(customers=100, interval=timedelta(seconds=2), duration=12.0,
                               lease=timedelta(seconds=4), tick=timedelta(milliseconds=200), latency=0.01,
                               concurrency=12, flip=0.1, seed=7)
     result = workers.run(2, options, out=out)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect, Engine, Table
+from sqlalchemy import Column, Connection, Dialect, Engine, Table, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tracker.clock import Clock
@@ -484,36 +484,44 @@ class Ingestor:
     def _follow_up(self, conn: Connection, changes: Sequence[dict[str, Any]],
                    conflicts: Sequence[tuple[int, ParsedEvent | None]]) -> None:
         """Escalation deadlines, alert resolution and the next poll of every customer that moved; conflict
-        alerts. Same transaction as the events, through SQLAlchemy on the same connection."""
+        alerts. Same transaction as the events, through SQLAlchemy on the same connection. The customers are
+        read back in one statement (this transaction holds their locks already) and written in one."""
         if self.effects is None and self.policy is None:
             return
-        from tracker.domain.lifecycle import Snapshot as _Snap
         from tracker.transitions import rescheduled
 
         now = self.clock.now()
-        last: dict[int, dict[str, Any]] = {}
+        first_from: dict[int, str] = {}  # customer -> the state before its first move in this batch
         for change in changes:
-            first = last.setdefault(change["customer_id"], dict(change))
-            first["to"] = change["to"]
-        for customer_id, change in last.items():
-            row = queries.lock_customer(conn, customer_id)
+            first_from.setdefault(change["customer_id"], change["from"])
+        wanted = set(first_from)
+        if self.effects is not None:
+            wanted.update(customer_id for customer_id, _ in conflicts)
+        if not wanted:
+            return
+        rows = {row.id: row._mapping for row in conn.execute(
+            select(customers).where(customers.c.id.in_(sorted(wanted))).order_by(customers.c.id))}
+        written: dict[int, dict[str, Any]] = {}
+        for customer_id, from_state in first_from.items():
+            row = rows.get(customer_id)
             if row is None:
                 continue
-            before = _Snap(state=State(change["from"]))
-            after = queries.snapshot_of(row._mapping)
+            before = Snapshot(state=State(from_state))
+            after = queries.snapshot_of(row)
             decision = Decision(Outcome.APPLIED, before, after, "webhook")
             values: dict[str, Any] = {"last_signal_at": now}
             if self.effects is not None and before.state != after.state:
-                values.update(self.effects.on_move(conn, row._mapping, decision, now))
+                values.update(self.effects.on_move(conn, row, decision, now))
             if self.policy is not None:
-                values["next_poll_at"] = rescheduled(row._mapping, decision, now, self.policy, signal_at=now)
-            values.update(_id=row.id, _old_version=row.version)
-            queries.update_customers(conn, [values])
+                values["next_poll_at"] = rescheduled(row, decision, now, self.policy, signal_at=now)
+            written[customer_id] = values
+        queries.update_customers(conn, [{**values, "_id": customer_id, "_old_version": rows[customer_id]["version"]}
+                                        for customer_id, values in written.items()])
         if self.effects is not None:
             for customer_id, event in conflicts:
-                row = queries.lock_customer(conn, customer_id)
+                row = rows.get(customer_id)
                 if row is not None and event is not None and event.signal is not None:
-                    self.effects.on_conflict(conn, row._mapping, event.signal, now,
+                    self.effects.on_conflict(conn, {**row, **written.get(customer_id, {})}, event.signal, now,
                                              f"event:{event.event_id or event.fingerprint[:16]}")
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery], locked: Callable[[], None] | None = None
