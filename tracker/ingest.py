@@ -9,7 +9,7 @@ is stored with outcome ``error`` and no ``processed_at``, so ``tracker replay`` 
 This is the service's hot path (bench/ingest measures it). A batch runs a fixed handful of statements,
 whatever its size, on the driver's own cursor inside the SQLAlchemy transaction (``_Statements``: no per-row
 SQLAlchemy work, few GIL hand-overs). Writer threads keep their connection between batches; PostgreSQL gets
-several writers, SQLite one, plus a thread that checkpoints its WAL outside the batches (``_Checkpointer``).
+several writers, SQLite one, which also checkpoints the WAL between batches, after their acknowledgements.
 Everything else uses ``tracker.db.queries``.
 """
 
@@ -765,7 +765,6 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[tuple[Delivery, asyncio.Future[IngestResult]] | None] = queue.SimpleQueue()
         self._turn = threading.Lock()  # held from taking a batch until the batch holds its locks
         self._threads: list[threading.Thread] = []
-        self._checkpointer = _Checkpointer(ingestor.engine) if _Checkpointer.wanted(ingestor.engine) else None
 
     def start(self) -> None:
         if not self._threads:
@@ -773,8 +772,6 @@ class GroupCommitter:
                              for n in range(self.writers)]
             for thread in self._threads:
                 thread.start()
-            if self._checkpointer is not None:
-                self._checkpointer.start()
 
     def stop(self) -> None:
         if self._threads:
@@ -783,8 +780,6 @@ class GroupCommitter:
             for thread in self._threads:
                 thread.join(timeout=10)
             self._threads = []
-            if self._checkpointer is not None:
-                self._checkpointer.stop()
 
     async def submit(self, delivery: Delivery) -> IngestResult:
         if not self._threads:
@@ -794,7 +789,7 @@ class GroupCommitter:
         return await future
 
     def _run(self) -> None:
-        writer = _Writer(self.ingestor, checkpointed=self._checkpointer is not None)
+        writer = _Writer(self.ingestor)
         stopping = False
         try:
             while not stopping:
@@ -816,6 +811,7 @@ class GroupCommitter:
                     self._commit(writer, batch, turn.release)
                 finally:
                     turn.release()
+                writer.between_batches()
         finally:
             writer.close()
 
@@ -825,8 +821,6 @@ class GroupCommitter:
         started = time.perf_counter()
         try:
             outcome = writer.ingest([delivery for delivery, _ in batch], locked)
-            if self._checkpointer is not None:
-                self._checkpointer.poke()
             if self.ingestor.metrics is not None:
                 self.ingestor.metrics.ingest_batch.observe(len(batch))
                 self.ingestor.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -849,99 +843,60 @@ class GroupCommitter:
 
 
 class _Writer:
-    """One writer thread's connection, kept between batches and dropped after a failure."""
+    """One writer thread's connection, kept between batches and dropped after a failure.
 
-    def __init__(self, ingestor: Ingestor, checkpointed: bool = False) -> None:
+    SQLite: by default the commit that takes the WAL past 1,000 pages copies it back into the database file
+    (a checkpoint) before it returns, so the batch that happens to cross the line waits for it before its
+    acknowledgements. Here the writer's own threshold is a backstop only, and the writer checkpoints between
+    batches, after the previous batch's requests have been answered, every ``CHECKPOINT_EVENTS`` events. Being
+    the only writer, its checkpoint copies the whole WAL, so the next transaction starts the WAL afresh (a
+    checkpoint from another thread, racing the writer, would never catch up and let the WAL grow, slowing
+    every read). Durability does not change: commits are durable through the WAL (``synchronous`` as the
+    engine sets it)."""
+
+    CHECKPOINT_EVENTS = 256  # about 2,000 WAL pages with the current schema
+    BACKSTOP_PAGES = 10_000  # SQLite checkpoints inside a commit past this (about 40 MB of WAL)
+
+    def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
-        self.checkpointed = checkpointed
+        engine = ingestor.engine
+        self.checkpoints = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
         self._conn: Connection | None = None
+        self._events = 0
 
     def ingest(self, deliveries: list[Delivery], locked: Callable[[], None]) -> list[IngestResult]:
         try:
             if self._conn is None:
                 conn = self.ingestor.connect()
-                if self.checkpointed:  # leave checkpoints to the _Checkpointer, but keep SQLite's as a backstop
+                if self.checkpoints:
                     conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                        f"PRAGMA wal_autocheckpoint={_Checkpointer.BACKSTOP_PAGES}")
+                        f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
                 self._conn = conn
-            return self.ingestor.ingest(deliveries, self._conn, locked)
+            results = self.ingestor.ingest(deliveries, self._conn, locked)
+            self._events += len(deliveries)
+            return results
         except Exception:
             self.close()  # whatever went wrong, the next batch starts on a fresh connection
             raise
+
+    def between_batches(self) -> None:
+        if not self.checkpoints or self._events < self.CHECKPOINT_EVENTS or self._conn is None:
+            return
+        self._events = 0
+        try:  # outside any transaction; the driver runs it without the GIL
+            self._conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as exc:  # SQLite's backstop still checkpoints
+            log.info("checkpoint after a batch failed: %s", exc)
 
     def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
-                if self.checkpointed:  # the connection goes back to the pool: SQLite's default again
+                if self.checkpoints:  # the connection goes back to the pool: SQLite's default again
                     conn.connection.driver_connection.execute(  # type: ignore[union-attr]
                         "PRAGMA wal_autocheckpoint=1000")
                 conn.close()
-
-
-class _Checkpointer:
-    """SQLite: copies committed WAL frames back into the database file from a thread of its own.
-
-    By default the commit that takes the WAL past 1,000 pages runs the checkpoint itself, inside the webhook
-    batch that is waiting to be acknowledged. Here the writer's own threshold is raised to a backstop and this
-    thread runs a PASSIVE checkpoint (it never blocks the writer, and SQLite runs it without the GIL) a few
-    times a second while batches are being committed. Fewer, larger checkpoints also write each hot page (the
-    customers' rows and indexes) once per checkpoint instead of once per 1,000 WAL pages. Durability does not
-    change: commits are made durable by the WAL (``synchronous`` as the engine sets it)."""
-
-    INTERVAL = 0.2  # seconds between checkpoints while there are commits
-    BACKSTOP_PAGES = 20_000  # the writer checkpoints by itself past this (about 80 MB of WAL)
-
-    @staticmethod
-    def wanted(engine: Engine) -> bool:
-        return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="tracker-checkpoint", daemon=True)
-        self._thread.start()
-
-    def poke(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stopping = True
-            self._wake.set()
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        raw: Any = None
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()  # a poke from now on runs another checkpoint after this one
-                if self._stopping:
-                    break
-                time.sleep(self.INTERVAL)  # let commits pile up: one checkpoint serves all of them
-                if self._stopping:
-                    break
-                try:
-                    if raw is None:
-                        raw = self.engine.raw_connection()  # autocommit: the pragma runs outside a transaction
-                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except Exception as exc:  # the writer's backstop still checkpoints
-                    log.info("background checkpoint failed: %s", exc)
-                    if raw is not None:
-                        with contextlib.suppress(Exception):
-                            raw.close()
-                    raw = None
-        finally:
-            if raw is not None:
-                with contextlib.suppress(Exception):
-                    raw.close()
 
 
 class _Turn:

@@ -431,3 +431,4 @@ def recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -
 def count_open_members(conn: Connection, incident_id: int) -> int:
     return int(conn.execute(select(func.count()).select_from(alerts).where(
         alerts.c.incident_id == incident_id, alerts.c.state != "resolved")).scalar_one())
+
