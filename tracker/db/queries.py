@@ -44,26 +44,6 @@ def _insert(conn: Connection, table: Any) -> Any:
 
 # --- inbox ---------------------------------------------------------------------------------------------
 
-def existing_dedupe_keys(conn: Connection, provider: str, event_ids: Sequence[str],
-                         fingerprints: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """Ids of first deliveries already stored, by event id and by fingerprint."""
-    if not event_ids and not fingerprints:
-        return {}, {}
-    clauses = []
-    if event_ids:
-        clauses.append(inbound_events.c.event_id.in_(list(event_ids)))
-    if fingerprints:
-        clauses.append(inbound_events.c.fingerprint.in_(list(fingerprints)))
-    rows = conn.execute(
-        select(inbound_events.c.id, inbound_events.c.event_id, inbound_events.c.fingerprint).where(
-            inbound_events.c.provider == provider, inbound_events.c.duplicate_of.is_(None), or_(*clauses)
-        )
-    ).all()
-    by_id = {row.event_id: row.id for row in rows if row.event_id is not None}
-    by_print = {row.fingerprint: row.id for row in rows if row.fingerprint is not None}
-    return by_id, by_print
-
-
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert inbox rows; returns their ids in order."""
     if not rows:
