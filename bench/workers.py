@@ -248,8 +248,8 @@ def cpu_stall() -> float | None:
     return int(fields["total"]) / 1e6 if "total" in fields else None
 
 
-def socket_ports(pid: int) -> set[int]:
-    """The local TCP ports of the sockets process ``pid`` has open (empty if it is gone)."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` has open (empty if it is gone)."""
     inodes = set()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -257,13 +257,19 @@ def socket_ports(pid: int) -> set[int]:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
-    ports = set()
+    return inodes
+
+
+def tcp_ports_by_inode() -> dict[str, int]:
+    """Local TCP port of every socket on the machine, by inode (reading these tables walks the kernel's whole
+    connection hash: milliseconds each, so once per sample)."""
+    ports = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 parts = line.split()
-                if len(parts) > 9 and parts[9] in inodes:
-                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+                if len(parts) > 9:
+                    ports[parts[9]] = int(parts[1].rsplit(":", 1)[1], 16)
     return ports
 
 
@@ -272,12 +278,16 @@ class PortMap:
 
     def __init__(self) -> None:
         self.owner: dict[int, int] = {}
+        self.sampled = 0.0  # time.monotonic() of the last sample
 
     def sample(self, workers: Iterable[Worker]) -> None:
-        for worker in workers:
-            if worker.alive():
-                for port in socket_ports(worker.pid):
-                    self.owner[port] = worker.pid
+        self.sampled = time.monotonic()
+        inodes = {worker.pid: socket_inodes(worker.pid) for worker in workers if worker.alive()}
+        by_inode = tcp_ports_by_inode()
+        for pid, owned in inodes.items():
+            for inode in owned:
+                if inode in by_inode:
+                    self.owner[by_inode[inode]] = pid
 
     def ports_of(self, pid: int) -> set[int]:
         return {port for port, owner in self.owner.items() if owner == pid}
@@ -505,7 +515,8 @@ def wait(seconds: float, procs: list[Worker], ports: PortMap, result: Result) ->
     """Sleep ``seconds`` while sampling the workers' ports; False if a worker died meanwhile."""
     end = time.monotonic() + seconds
     while True:
-        ports.sample(procs)
+        if time.monotonic() - ports.sampled >= 1.0:  # reading /proc/net/tcp costs CPU the processes measured need
+            ports.sample(procs)
         for proc in procs:
             if proc.process is not None and proc.process.returncode is None and not proc.alive():
                 result.errors.append(f"worker {proc.number} (pid {proc.pid}) died: {proc.tail()}")
@@ -521,7 +532,7 @@ def steady_phase(result: Result, sim: Simulator, procs: list[Worker], ports: Por
     started = time.monotonic()
     interval = options.interval.total_seconds()
     while True:  # warm-up: every customer polled, every worker polling
-        if not wait(0.25, procs, ports, result):
+        if not wait(0.5, procs, ports, result):
             return
         polls = sim.fetch()
         seen = {p.customer for p in polls}
