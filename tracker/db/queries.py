@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, RowMapping, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Row, RowMapping, Table, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tracker.db.tables import (
@@ -259,28 +259,34 @@ def provider_states(conn: Connection) -> list[Row[Any]]:
     return list(conn.execute(select(provider_state).order_by(provider_state.c.provider)))
 
 
-def claim_due(conn: Connection, provider: str, now: datetime, limit: int, owner: str, lease_until: datetime
-              ) -> list[Row[Any]]:
-    """Claim up to ``limit`` customers due for a poll: oldest due first, skipping rows another transaction
-    holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer at a time)."""
+def _claim(conn: Connection, table: Table, due: Sequence[Any], order: Sequence[Any], limit: int,
+           lease: Mapping[str, Any]) -> list[Row[Any]]:
+    """The one lease claim: pick up to ``limit`` due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+    has one writer at a time), write the lease columns, return the rows in ``order``."""
     if limit <= 0:
         return []
-    due = (
-        select(customers.c.id)
-        .where(customers.c.provider == provider, customers.c.next_poll_at <= now,
-               or_(customers.c.poll_lease_until.is_(None), customers.c.poll_lease_until < now))
-        .order_by(customers.c.next_poll_at, customers.c.id)
-        .limit(limit)
-    )
+    query = select(table.c.id).where(*due).order_by(*order).limit(limit)
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    ids = [row.id for row in conn.execute(due)]
+        query = query.with_for_update(skip_locked=True)
+    ids = [row.id for row in conn.execute(query)]
     if not ids:
         return []
-    conn.execute(update(customers).where(customers.c.id.in_(ids))
-                 .values(poll_lease_until=lease_until, poll_lease_owner=owner))
-    return list(conn.execute(select(customers).where(customers.c.id.in_(ids)).order_by(customers.c.next_poll_at,
-                                                                                          customers.c.id)))
+    conn.execute(update(table).where(table.c.id.in_(ids)).values(**lease))
+    return list(conn.execute(select(table).where(table.c.id.in_(ids)).order_by(*order)))
+
+
+def _unleased(until: Any, now: datetime) -> Any:
+    return or_(until.is_(None), until < now)
+
+
+def claim_due(conn: Connection, provider: str, now: datetime, limit: int, owner: str, lease_until: datetime
+              ) -> list[Row[Any]]:
+    """Claim up to ``limit`` customers due for a poll, oldest due first."""
+    return _claim(conn, customers,
+                  [customers.c.provider == provider, customers.c.next_poll_at <= now,
+                   _unleased(customers.c.poll_lease_until, now)],
+                  [customers.c.next_poll_at, customers.c.id], limit,
+                  {"poll_lease_until": lease_until, "poll_lease_owner": owner})
 
 
 def count_due(conn: Connection, provider: str, now: datetime) -> int:
@@ -360,19 +366,11 @@ def insert_notifications(conn: Connection, rows: Sequence[dict[str, Any]]) -> No
 
 def claim_notifications(conn: Connection, channel: str, now: datetime, limit: int, owner: str,
                         lease_until: datetime) -> list[Row[Any]]:
-    due = (select(notifications.c.id).where(
-        notifications.c.channel == channel, notifications.c.state == "pending",
-        notifications.c.next_attempt_at <= now,
-        or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
-    ).order_by(notifications.c.next_attempt_at, notifications.c.id).limit(limit))
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    ids = [row.id for row in conn.execute(due)]
-    if not ids:
-        return []
-    conn.execute(update(notifications).where(notifications.c.id.in_(ids))
-                 .values(lease_until=lease_until, lease_owner=owner))
-    return list(conn.execute(select(notifications).where(notifications.c.id.in_(ids)).order_by(notifications.c.id)))
+    return _claim(conn, notifications,
+                  [notifications.c.channel == channel, notifications.c.state == "pending",
+                   notifications.c.next_attempt_at <= now, _unleased(notifications.c.lease_until, now)],
+                  [notifications.c.next_attempt_at, notifications.c.id], limit,
+                  {"lease_until": lease_until, "lease_owner": owner})
 
 
 def finish_notification(conn: Connection, notification_id: int, owner: str, values: Mapping[str, Any]) -> bool:
@@ -389,19 +387,10 @@ def count_notifications(conn: Connection) -> list[Row[Any]]:
 def claim_deadlines(conn: Connection, now: datetime, limit: int, owner: str, lease_until: datetime
                     ) -> list[Row[Any]]:
     """Claim customers whose next escalation threshold is due: in proportion to what is due (indexed)."""
-    due = (select(customers.c.id).where(
-        customers.c.deadline_at <= now,
-        or_(customers.c.deadline_lease_until.is_(None), customers.c.deadline_lease_until < now),
-    ).order_by(customers.c.deadline_at).limit(limit))
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    ids = [row.id for row in conn.execute(due)]
-    if not ids:
-        return []
-    conn.execute(update(customers).where(customers.c.id.in_(ids))
-                 .values(deadline_lease_until=lease_until, deadline_lease_owner=owner))
-    return list(conn.execute(select(customers).where(customers.c.id.in_(ids)).order_by(customers.c.deadline_at)))
-
+    return _claim(conn, customers,
+                  [customers.c.deadline_at <= now, _unleased(customers.c.deadline_lease_until, now)],
+                  [customers.c.deadline_at, customers.c.id], limit,
+                  {"deadline_lease_until": lease_until, "deadline_lease_owner": owner})
 
 def recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> list[Row[Any]]:
     return list(conn.execute(select(alerts).where(alerts.c.provider == provider, alerts.c.kind == kind,
