@@ -367,3 +367,22 @@ async def test_breaker_state_shows_in_summary_and_metrics(polling, clock, sims) 
         summary = (await http.get("/v1/summary", headers={"authorization": f"Bearer {key}"})).json()
     assert summary["providers"]["cryptopocket"]["health"]["breaker"] == "open"
     assert summary["providers"]["connectfi"]["health"]["breaker"] == "closed"
+
+
+async def test_a_provider_without_a_budget_is_polled_as_fast_as_its_concurrency_allows(polling, clock, sims) -> None:
+    # No rate limit configured: one tick claims twice the concurrency (4 by default), and each finished poll
+    # claims again, so every due customer is polled now, not 8 per tick.
+    sim = sims["cryptopocket"]
+    ids = []
+    for n in range(30):
+        sim.add_customer(f"usr_many_{n}", "processing")
+        ids.append(register(polling, "cryptopocket", f"usr_many_{n}"))
+    started = await polling.poller.tick()
+    assert started == 8
+    await polling.poller.drain()
+    assert all(row(polling, cid).state == "pending" for cid in ids)
+    assert all(row(polling, cid).last_polled_at == clock.now() for cid in ids)
+    with polling.engine.connect() as conn:
+        assert queries.count_due(conn, "cryptopocket", clock.now()) == 0
+        leased = conn.execute(select(customers.c.id).where(customers.c.poll_lease_owner.is_not(None))).all()
+    assert leased == []  # every claim was settled and released

@@ -88,6 +88,8 @@ class Poller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cold: set[str] = set(plans)  # providers this worker has not finished a request with yet
         self._sent: dict[str, deque[float]] = {}  # per paced provider: when its last requests left (loop time)
+        self._backlog: dict[str, bool] = {}  # per provider without a budget: its last claim filled the room
+        self._topping_up: set[str] = set()
 
     # -- the tick -----------------------------------------------------------------------------------------
 
@@ -95,28 +97,42 @@ class Poller:
         """Claim and start due polls for every provider; returns how many customers were claimed."""
         started = 0
         for provider, plan in self.plans.items():
-            # Polls in flight include those waiting for their paced slot: leave room for a horizon's worth.
-            paced = int(self.horizon / plan.gap) if plan.gap > timedelta(0) else 0
-            room = 2 * plan.concurrency + paced - self._inflight[provider]
-            if provider in self._cold and plan.gap > timedelta(0):
-                # Cold, the first paced requests would all wait for the provider's token (and connection)
-                # together, then leave at once, bunched over the budget their slots kept to: the first goes alone.
-                room = min(room, 1 - self._inflight[provider])
-            if room <= 0:
-                continue
-            try:
-                rows, slots, batch = await asyncio.to_thread(self._admit, provider, plan, room)
-            except Exception:
-                log.exception("claiming due %s polls failed", provider)
-                continue
-            self._inflight[provider] += len(rows)
-            if batch:
-                self._spawn(self._reconcile(provider, plan, rows, slots[0]))
-            else:
-                for row, slot in zip(rows, slots, strict=True):
-                    self._spawn(self._poll(provider, plan, row, slot))
-            started += len(rows)
+            started += await self._start(provider, plan)
         return started
+
+    async def _start(self, provider: str, plan: ProviderPlan) -> int:
+        """Claim what there is room for at ``provider`` and start polling it; returns how many were claimed."""
+        # Polls in flight include those waiting for their paced slot: leave room for a horizon's worth.
+        paced = int(self.horizon / plan.gap) if plan.gap > timedelta(0) else 0
+        room = 2 * plan.concurrency + paced - self._inflight[provider]
+        if provider in self._cold and plan.gap > timedelta(0):
+            # Cold, the first paced requests would all wait for the provider's token (and connection)
+            # together, then leave at once, bunched over the budget their slots kept to: the first goes alone.
+            room = min(room, 1 - self._inflight[provider])
+        if room <= 0:
+            return 0
+        try:
+            rows, slots, batch = await asyncio.to_thread(self._admit, provider, plan, room)
+        except Exception:
+            log.exception("claiming due %s polls failed", provider)
+            return 0
+        # A provider without a budget is limited by its concurrency only: while claims fill the room, more are
+        # due, and each finished poll claims again (``_top_up``) instead of waiting for the next tick. Claims
+        # never queue deeper than twice the concurrency, so they finish well within their lease.
+        self._backlog[provider] = plan.gap <= timedelta(0) and not batch and len(rows) >= room
+        self._inflight[provider] += len(rows)
+        if batch:
+            self._spawn(self._reconcile(provider, plan, rows, slots[0]))
+        else:
+            for row, slot in zip(rows, slots, strict=True):
+                self._spawn(self._poll(provider, plan, row, slot))
+        return len(rows)
+
+    async def _top_up(self, provider: str) -> None:
+        try:
+            await self._start(provider, self.plans[provider])
+        finally:
+            self._topping_up.discard(provider)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -263,6 +279,9 @@ class Poller:
         finally:
             self._inflight[provider] -= 1
             self._cold.discard(provider)
+            if self._backlog.get(provider) and provider not in self._topping_up:
+                self._topping_up.add(provider)
+                self._spawn(self._top_up(provider))
 
     def _record_success(self, provider: str, customer_id: int, report: StatusReport) -> None:
         now = self.clock.now()
