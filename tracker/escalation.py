@@ -53,7 +53,10 @@ class LifecycleEffects:
             return {"tier": Tier.NONE.value,
                     **self.deadline(row["provider"], row["customer_type"], after.pending_since, Tier.NONE)}
         if before.state is State.PENDING:
-            resolve_customer(conn, self.alerts, row, now)
+            # Tier alerts are raised in the transaction that sets the tier, and a new attempt starts at ``none``:
+            # a customer still at ``none`` has none open (most leave pending so: no query for them).
+            if row["tier"] != Tier.NONE.value:
+                resolve_customer(conn, self.alerts, row, now)
             return {"tier": Tier.NONE.value, "deadline_at": None, "deadline_tier": None}
         return {}
 
