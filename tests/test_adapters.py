@@ -222,6 +222,14 @@ async def test_connectfi_maps_every_documented_status(cfi: Rig, raw: str, outcom
     assert report.provider_status == expected_raw
 
 
+@pytest.mark.parametrize("outcome", [None, "", "  "])
+async def test_connectfi_completed_without_an_outcome_is_flagged_not_decided(cfi: Rig, outcome: str | None) -> None:
+    report = await cfi.fetch(cfi.add("cust_1", "completed", outcome=outcome))
+    assert report.unknown is True
+    assert report.signal.trigger is None
+    assert report.provider_status == "completed:"
+
+
 @pytest.mark.parametrize(("raw", "trigger"), [
     ("valid", Trigger.PROVIDER_APPROVED),
     ("fail", Trigger.PROVIDER_REJECTED),

@@ -3,6 +3,7 @@ incidents, check before alert, acknowledgement."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -287,6 +288,36 @@ async def test_webhooks_drive_deadlines_resolution_and_conflicts(database_url, c
             kinds = [a.kind for a in alert_rows(container, row.id)]
             assert kinds == ["overdue", "conflict"]
             assert customer(container, row.id).state == "verified"
+    finally:
+        container.stop()
+        await container.http.aclose()
+        container.engine.dispose()
+
+
+async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url, clock) -> None:
+    from tests.conftest import blaaiz_event, post_blaaiz
+
+    container = build(make_settings(database_url), clock)
+    container.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+                                     base_url="http://t") as http:
+            await post_blaaiz(http, clock, blaaiz_event("cus_u", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
+            for minute in (1, 2):  # the same undocumented value twice, then another one
+                answer = await post_blaaiz(http, clock, blaaiz_event("cus_u", "ON_HOLD",
+                                                                     updated_at=f"2026-01-05T09:0{minute}:00Z"))
+                assert answer.json()["status"] == "ignored"
+            await post_blaaiz(http, clock, blaaiz_event("cus_u", "PAUSED", updated_at="2026-01-05T09:03:00Z"))
+            with container.engine.connect() as conn:
+                row = conn.execute(select(customers).where(customers.c.provider_customer_id == "cus_u")).one()
+            assert row.state == "pending"  # treated as still in progress
+            assert row.provider_status == "PAUSED"  # kept raw
+            assert json.loads(row.flags) == ["unknown_status:ON_HOLD", "unknown_status:PAUSED"]
+            raised = alert_rows(container, row.id)
+            assert [(a.kind, a.state) for a in raised] == [("unknown_status", "open"), ("unknown_status", "open")]
+            assert "ON_HOLD" in raised[0].title
+            assert "PAUSED" in raised[1].title
+            assert [n.action for n in notices(container)] == ["trigger", "trigger"]
     finally:
         container.stop()
         await container.http.aclose()

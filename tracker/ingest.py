@@ -452,8 +452,8 @@ class Ingestor:
             finally:
                 cursor.close()
             result = applied[0]
-            self._follow_up(conn, changes, [(result.customer_id, parsed)] if result.outcome == "conflict"
-                            and result.customer_id is not None else [])
+            self._follow_up(conn, changes, [(result.customer_id, parsed, result.outcome)]
+                            if result.customer_id is not None else [])
             # The stored outcome is the event's first effect; a replay overwrites it only where that effect was
             # a failure, or where the replay itself moved the customer.
             if row.outcome in ("error", "rejected") or result.outcome == "accepted":
@@ -475,17 +475,19 @@ class Ingestor:
                 results, changes = self._ingest(cursor, deliveries, locked)
             finally:
                 cursor.close()
-            conflicts = [(result.customer_id, delivery.parsed) for delivery, result in zip(deliveries, results,
-                                                                                           strict=True)
-                         if result.outcome == "conflict" and result.customer_id is not None]
-            self._follow_up(conn, changes, conflicts)
+            notable = [(result.customer_id, delivery.parsed, result.outcome)
+                       for delivery, result in zip(deliveries, results, strict=True)
+                       if result.customer_id is not None and delivery.parsed is not None
+                       and (result.outcome == "conflict" or delivery.parsed.unknown_status)]
+            self._follow_up(conn, changes, notable)
             return results, changes
 
     def _follow_up(self, conn: Connection, changes: Sequence[dict[str, Any]],
-                   conflicts: Sequence[tuple[int, ParsedEvent | None]]) -> None:
-        """Escalation deadlines, alert resolution and the next poll of every customer that moved; conflict
-        alerts. Same transaction as the events, through SQLAlchemy on the same connection. The customers are
-        read back in one statement (this transaction holds their locks already) and written in one."""
+                   events: Sequence[tuple[int, ParsedEvent | None, str]]) -> None:
+        """Escalation deadlines, alert resolution and the next poll of every customer that moved; conflict alerts
+        and (once per customer and value) undocumented-status alerts for ``events`` (customer id, event, outcome).
+        Same transaction as the events, through SQLAlchemy on the same connection. The customers are read back in
+        one statement (this transaction holds their locks already) and written in one."""
         if self.effects is None and self.policy is None:
             return
         from tracker.transitions import rescheduled
@@ -494,9 +496,10 @@ class Ingestor:
         first_from: dict[int, str] = {}  # customer -> the state before its first move in this batch
         for change in changes:
             first_from.setdefault(change["customer_id"], change["from"])
-        wanted = set(first_from)
-        if self.effects is not None:
-            wanted.update(customer_id for customer_id, _ in conflicts)
+        notable = [(customer_id, event, outcome) for customer_id, event, outcome in events
+                   if event is not None and event.signal is not None
+                   and (outcome == "conflict" or event.unknown_status)] if self.effects is not None else []
+        wanted = set(first_from) | {customer_id for customer_id, _, _ in notable}
         if not wanted:
             return
         rows = {row.id: row._mapping for row in conn.execute(
@@ -515,14 +518,26 @@ class Ingestor:
             if self.policy is not None:
                 values["next_poll_at"] = rescheduled(row, decision, now, self.policy, signal_at=now)
             written[customer_id] = values
+        for customer_id, event, outcome in notable:
+            row = rows.get(customer_id)
+            if row is None or event is None or event.signal is None:
+                continue
+            current = {**row, **written.get(customer_id, {})}
+            raw = event.signal.provider_status or "?"
+            if outcome == "conflict":
+                self.effects.on_conflict(conn, current, event.signal, now,
+                                         f"event:{event.event_id or event.fingerprint[:16]}")
+            flag = f"unknown_status:{raw}"
+            flags = queries.flags_of(current)
+            if event.unknown_status and flag not in flags:
+                log.warning("%s sent an undocumented status %r for customer %s; kept raw, treated as in progress",
+                            event.provider, raw, customer_id)
+                if self.metrics is not None:
+                    self.metrics.unknown_status.labels(event.provider).inc()
+                written.setdefault(customer_id, {})["flags"] = json.dumps([*flags, flag])
+                self.effects.on_unknown(conn, current, raw, now)
         queries.update_customers(conn, [{**values, "_id": customer_id, "_old_version": rows[customer_id]["version"]}
                                         for customer_id, values in written.items()])
-        if self.effects is not None:
-            for customer_id, event in conflicts:
-                row = rows.get(customer_id)
-                if row is not None and event is not None and event.signal is not None:
-                    self.effects.on_conflict(conn, {**row, **written.get(customer_id, {})}, event.signal, now,
-                                             f"event:{event.event_id or event.fingerprint[:16]}")
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery], locked: Callable[[], None] | None = None
                 ) -> tuple[list[IngestResult], list[dict[str, Any]]]:

@@ -53,8 +53,10 @@ def map_application(data: Mapping[str, Any], source: Source) -> tuple[str, Signa
     outcome_text = outcome.strip() if isinstance(outcome, str) else None
     raw = key if key != "completed" else f"completed:{outcome_text or ''}"
     if key == "completed":
-        if outcome_text is None:
-            return raw, Signal(None, source, provider_status=raw), False
+        if not outcome_text:
+            # Finished without a decision we can read: not a rejection by default. Kept, moves nothing and is
+            # flagged like an undocumented status (alerted once) so that someone looks at it.
+            return raw, Signal(None, source, provider_status=raw), True
         approved = outcome_text.lower() in APPROVED_OUTCOMES
         trigger = Trigger.PROVIDER_APPROVED if approved else Trigger.PROVIDER_REJECTED
         return raw, Signal(trigger, source, provider_status=raw, comment=None if approved else outcome_text), False
