@@ -48,6 +48,22 @@ def test_keys_create_refuses_unknown_scope(database_url: str) -> None:
     assert "invalid choice" in result.stderr
 
 
+@pytest.mark.parametrize(("level", "expected"), [("info", "WARNING"), ("warning", "WARNING"), ("debug", "NOTSET")])
+def test_the_ticker_does_not_log_every_tick(level: str, expected: str) -> None:
+    # APScheduler logs two INFO lines per job per tick; the tracker ticks three jobs a second.
+    import logging
+
+    from tracker.cli import _logging
+    from tracker.settings import Settings
+
+    scheduler_log = logging.getLogger("apscheduler")
+    try:
+        _logging(Settings.from_env({"TRACKER_LOG_LEVEL": level}))
+        assert logging.getLevelName(scheduler_log.level) == expected  # NOTSET: as the root logger says
+    finally:
+        scheduler_log.setLevel(logging.NOTSET)
+
+
 def test_worker_runs_until_sigterm(database_url: str) -> None:
     import signal
 

@@ -23,6 +23,10 @@ def _settings() -> Settings:
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLevelName(settings.log_level) != logging.DEBUG:
+        # APScheduler only ticks here: at INFO it would log every step of every tick (several lines a second).
+        # Its warnings (a missed or failed tick) still show; TRACKER_LOG_LEVEL=debug shows everything.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
