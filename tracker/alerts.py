@@ -120,7 +120,8 @@ def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: st
 def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: str, now: datetime) -> int | None:
     """The provider incident this tier crossing folds into, opened now if the threshold is reached."""
     since = now - settings.incident_window
-    if queries.count_recent_alerts(conn, provider, tier, since) < settings.incident_threshold:
+    recent = queries.count_recent_alerts(conn, provider, tier, since, up_to=settings.incident_threshold)
+    if recent < settings.incident_threshold:
         return None
     existing = queries.open_incident(conn, provider, tier, since)
     if existing is not None:

@@ -260,19 +260,24 @@ def provider_states(conn: Connection) -> list[Row[Any]]:
 
 
 def _claim(conn: Connection, table: Table, due: Sequence[Any], order: Sequence[Any], limit: int,
-           lease: Mapping[str, Any]) -> list[Row[Any]]:
-    """The one lease claim: pick up to ``limit`` due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
-    has one writer at a time), write the lease columns, return the rows in ``order``."""
+           lease: Mapping[str, Any], columns: Sequence[Any] | None = None) -> list[Row[Any]]:
+    """The one lease claim: pick up to ``limit`` due rows in ``order`` (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL; SQLite has one writer at a time), write the lease columns, return the rows (``columns``, by
+    default all) in ``order``. One statement: an UPDATE of the picked ids, RETURNING the leased rows."""
     if limit <= 0:
         return []
-    query = select(table.c.id).where(*due).order_by(*order).limit(limit)
+    picked: Any = select(table.c.id).where(*due).order_by(*order).limit(limit)
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    ids = [row.id for row in conn.execute(query)]
-    if not ids:
-        return []
-    conn.execute(update(table).where(table.c.id.in_(ids)).values(**lease))
-    return list(conn.execute(select(table).where(table.c.id.in_(ids)).order_by(*order)))
+        # Materialized, so the pick runs exactly once: a SKIP LOCKED subquery the planner inlined and rescanned
+        # could pick (and lease) other rows on each pass.
+        picked = picked.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        picked = select(picked.c.id)
+    returned = list(table.c) if columns is None else list(columns)
+    names = {column.name for column in returned}
+    returned += [column for column in order if column.name not in names]  # to sort by
+    rows = list(conn.execute(update(table).where(table.c.id.in_(picked)).values(**lease).returning(*returned)))
+    rows.sort(key=lambda row: tuple(row._mapping[column.name] for column in order))  # RETURNING has no order
+    return rows
 
 
 def _unleased(until: Any, now: datetime) -> Any:
@@ -321,9 +326,15 @@ def open_alerts_of(conn: Connection, customer_id: int) -> list[Row[Any]]:
                                                   alerts.c.state != "resolved").order_by(alerts.c.id)))
 
 
-def count_recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> int:
-    return int(conn.execute(select(func.count()).select_from(alerts).where(
-        alerts.c.provider == provider, alerts.c.kind == kind, alerts.c.opened_at >= since)).scalar_one())
+def count_recent_alerts(conn: Connection, provider: str, kind: str, since: datetime, up_to: int | None = None
+                        ) -> int:
+    """Alerts of ``kind`` for ``provider`` opened since ``since``; counting stops at ``up_to`` (the caller only
+    needs to know whether a threshold is reached, and a burst would otherwise make every count longer)."""
+    recent = select(alerts.c.id).where(alerts.c.provider == provider, alerts.c.kind == kind,
+                                       alerts.c.opened_at >= since)
+    if up_to is not None:
+        recent = recent.limit(up_to)
+    return int(conn.execute(select(func.count()).select_from(recent.subquery())).scalar_one())
 
 
 def open_incident(conn: Connection, provider: str, tier: str, since: datetime) -> Row[Any] | None:
@@ -384,13 +395,21 @@ def count_notifications(conn: Connection) -> list[Row[Any]]:
                              .group_by(notifications.c.channel, notifications.c.state)))
 
 
+# What the Escalator needs of a claimed customer (the check before an alert); settling reads the whole row again,
+# under its lock.
+DEADLINE_CLAIM_COLUMNS = ("id", "provider", "provider_customer_id", "customer_type", "application_id", "state",
+                          "deadline_at")
+
+
 def claim_deadlines(conn: Connection, now: datetime, limit: int, owner: str, lease_until: datetime
                     ) -> list[Row[Any]]:
     """Claim customers whose next escalation threshold is due: in proportion to what is due (indexed)."""
     return _claim(conn, customers,
                   [customers.c.deadline_at <= now, _unleased(customers.c.deadline_lease_until, now)],
                   [customers.c.deadline_at, customers.c.id], limit,
-                  {"deadline_lease_until": lease_until, "deadline_lease_owner": owner})
+                  {"deadline_lease_until": lease_until, "deadline_lease_owner": owner},
+                  [customers.c[name] for name in DEADLINE_CLAIM_COLUMNS])
+
 
 def recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> list[Row[Any]]:
     return list(conn.execute(select(alerts).where(alerts.c.provider == provider, alerts.c.kind == kind,
