@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,6 +222,24 @@ def _index_ddl(dialect: Any) -> list[tuple[str, str]]:
 
 
 def seed_sqlite(path: str, n: int, collector: Collector) -> tuple[float, float]:
+    return load_sqlite(path, COLUMNS, _collected(generate(n, NOW), collector), TIMESTAMP_COLUMNS)
+
+
+def seed_postgres(url: str, n: int, collector: Collector) -> tuple[float, float]:
+    return load_postgres(url, COLUMNS, _collected(generate(n, NOW), collector), TIMESTAMP_COLUMNS)
+
+
+def _collected(rows: Iterable[tuple[Any, ...]], collector: Collector) -> Iterator[tuple[Any, ...]]:
+    for row in rows:
+        collector.see(row)
+        yield row
+
+
+def load_sqlite(path: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]],
+                timestamps: Sequence[int]) -> tuple[float, float]:
+    """Bulk-load customer rows (``columns``, in that order; the values at positions ``timestamps`` are epoch
+    seconds or None) into a migrated, empty SQLite database; the customer indexes are dropped first and built
+    after the load. Returns (seconds in all, of which building the indexes). Also used by bench/escalation."""
     import sqlite3
 
     from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -234,25 +252,24 @@ def seed_sqlite(path: str, n: int, collector: Collector) -> tuple[float, float]:
     ddl = _index_ddl(sqlite_dialect.dialect())
     for name, _ in ddl:
         db.execute(f"DROP INDEX IF EXISTS {name}")
-    rows_per_insert = 50  # multi-row INSERTs: 50 rows x 20 columns stays under the bind parameter limit
-    one = "(" + ",".join("?" * len(COLUMNS)) + ")"
-    statement = f"INSERT INTO customers ({', '.join(COLUMNS)}) VALUES " + ",".join([one] * rows_per_insert)
-    single = f"INSERT INTO customers ({', '.join(COLUMNS)}) VALUES {one}"
+    width = len(columns)
+    rows_per_insert = max(1, 1000 // width)  # multi-row INSERTs under the bind parameter limit (50 for 20 columns)
+    one = "(" + ",".join("?" * width) + ")"
+    statement = f"INSERT INTO customers ({', '.join(columns)}) VALUES " + ",".join([one] * rows_per_insert)
+    single = f"INSERT INTO customers ({', '.join(columns)}) VALUES {one}"
     db.execute("BEGIN")
     batch: list[Any] = []
-    rows = 0
-    for row in generate(n, NOW):
-        collector.see(row)
+    count = 0
+    for row in rows:
         values = list(row)
-        for c in TIMESTAMP_COLUMNS:
+        for c in timestamps:
             values[c] = _sqlite_stamp(values[c])
         batch.extend(values)
-        rows += 1
-        if rows == rows_per_insert:
+        count += 1
+        if count == rows_per_insert:
             db.execute(statement, batch)
-            batch, rows = [], 0
-    width = len(COLUMNS)
-    for k in range(rows):
+            batch, count = [], 0
+    for k in range(count):
         db.execute(single, batch[k * width:(k + 1) * width])
     db.execute("COMMIT")
     loaded = time.perf_counter()
@@ -264,7 +281,9 @@ def seed_sqlite(path: str, n: int, collector: Collector) -> tuple[float, float]:
     return done - started, done - loaded
 
 
-def seed_postgres(url: str, n: int, collector: Collector) -> tuple[float, float]:
+def load_postgres(url: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]],
+                  timestamps: Sequence[int]) -> tuple[float, float]:
+    """As ``load_sqlite``, with COPY, then the VACUUM ANALYZE autovacuum would soon run."""
     import psycopg
     from sqlalchemy.dialects import postgresql as pg_dialect
 
@@ -274,12 +293,11 @@ def seed_postgres(url: str, n: int, collector: Collector) -> tuple[float, float]
         for name, _ in ddl:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
         with conn.transaction(), conn.cursor() as cur, \
-                cur.copy(f"COPY customers ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                cur.copy(f"COPY customers ({', '.join(columns)}) FROM STDIN") as copy:
             lines: list[str] = []
-            for row in generate(n, NOW):
-                collector.see(row)
+            for row in rows:
                 fields = ["\\N" if v is None else str(v) for v in row]
-                for c in TIMESTAMP_COLUMNS:
+                for c in timestamps:
                     fields[c] = _pg_stamp(row[c])
                 lines.append("\t".join(fields))
                 if len(lines) >= 20000:
