@@ -69,7 +69,8 @@ def _decoder(columns: Sequence[str], sqlite: bool) -> Decoder:
         return lambda row: dict(zip(names, row, strict=True))
     if sqlite:
         def convert(value: Any) -> datetime:  # stored as naive UTC text, as SQLAlchemy writes it
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            # Parsing the offset along is several times cheaper than .replace(tzinfo=UTC) after; same value.
+            return datetime.fromisoformat(value + "+00:00")
     else:
         def convert(value: Any) -> datetime:
             return value.astimezone(UTC)  # type: ignore[no-any-return]

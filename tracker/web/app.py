@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
+from tracker.web.fastpath import CustomerReadFastPath
 from tracker.web.responses import error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -85,8 +87,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error(500, "internal", "an unexpected error happened; it has been logged")
 
 
-def create_app(container: Any, *, worker: bool = False) -> Starlette:
-    """The app. ``worker``: also run the scheduler (polling) in this process, as ``tracker serve`` does."""
+def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True) -> Starlette:
+    """The app. ``worker``: also run the scheduler (polling) in this process, as ``tracker serve`` does.
+    ``fast_reads``: answer the common ``GET /v1/customers/{id}`` in ``tracker.web.fastpath`` (off only to
+    compare the two paths)."""
     routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
 
@@ -102,7 +106,8 @@ def create_app(container: Any, *, worker: bool = False) -> Starlette:
                 await container.stop_worker()
             container.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    middleware = [Middleware(CustomerReadFastPath, container)] if fast_reads else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
     })

@@ -36,10 +36,15 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
     return Response(dumps(data), status_code=status, headers=headers, media_type="application/json")
 
 
+def fast_dumps(data: Any) -> bytes:
+    """``dumps`` for data made only of dicts, lists, str, int, bool, None and aware UTC datetimes (customers as
+    ``customer_json`` makes them), by orjson: the same bytes (the tests compare them), several times faster."""
+    return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+
+
 def plain_json_response(data: Any, headers: Mapping[str, str] | None = None) -> Response:
-    """200 with ``data`` made only of dicts, lists, str, int, bool and None (customers as ``customer_json``
-    makes them), serialised by orjson: the same bytes as ``dumps`` for such data, several times faster."""
-    return Response(orjson.dumps(data), headers=headers, media_type="application/json")
+    """200 with ``data`` serialised by ``fast_dumps``."""
+    return Response(fast_dumps(data), headers=headers, media_type="application/json")
 
 
 def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -47,6 +52,8 @@ def error(status: int, code: str, message: str, headers: Mapping[str, str] | Non
 
 
 def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A customer as the API shows it. Timestamps stay datetimes: ``dumps`` and ``fast_dumps`` write them as
+    ``iso`` does (formatting them here would cost more than all the rest)."""
     pending_since = row["pending_since"]
     return {
         "id": row["id"],
@@ -58,16 +65,16 @@ def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "state": row["state"],
         "provider_status": row["provider_status"],
         "tier": row["tier"],
-        "pending_since": iso(pending_since),
+        "pending_since": pending_since,
         "pending_seconds": int((now - pending_since).total_seconds()) if pending_since is not None else None,
-        "decided_at": iso(row["decided_at"]),
+        "decided_at": row["decided_at"],
         "rejection_reason": row["rejection_reason"],
         "attempts": row["attempts"],
         "rejections": row["rejections"],
         "discovered_by": row["discovered_by"],
         "flags": queries.flags_of(row),
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
         "version": row["version"],
     }
 
@@ -86,12 +93,14 @@ def list_etag(rows: Sequence[Mapping[str, Any]], query: str) -> str:
 
 def not_modified(request: Request, etag: str) -> bool:
     header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    if header.strip() == "*":
+    return header is not None and header != "" and etag_matches(header, etag)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (weak comparison, as RFC 9110 asks for GET)."""
+    if if_none_match.strip() == "*":
         return True
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return etag in tags
+    return etag in {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
 
 
 def encode_cursor(updated_at: datetime, customer_id: int) -> str:
