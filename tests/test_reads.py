@@ -141,6 +141,22 @@ async def test_a_lost_postgres_connection_is_replaced(engine: Engine) -> None:
     reads.close()
 
 
+async def test_timestamps_come_back_in_utc_itself(engine: Engine) -> None:
+    """PostgreSQL sessions run in UTC, so stamps arrive with ``datetime.UTC`` (converting them costs nothing),
+    whatever the server's own time zone is."""
+    seed(engine, 10)
+    reads = CustomerReads(engine)
+    row = await reads.get(1)
+    assert row is not None
+    assert row["created_at"].tzinfo is UTC
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW TIME ZONE")).scalar() == "UTC"
+            raw = conn.exec_driver_sql("SELECT created_at FROM customers WHERE id = 1").scalar()
+            assert raw.tzinfo is UTC
+    reads.close()
+
+
 async def test_get_with_if_none_match(client, write_key, read_key) -> None:
     customer = await register(client, write_key)
     url = f"/v1/customers/{customer['id']}"
