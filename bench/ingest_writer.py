@@ -1,0 +1,124 @@
+"""bench/ingest_writer: what the group-commit writer costs per webhook, without HTTP, and where it goes.
+
+bench/ingest measures the whole server under wrk; this isolates the part that bounds it: the single writer
+thread (one on SQLite) that stores and applies each batch. It seeds a database as bench/ingest does (10,000
+Blaaiz customers, an inbox of earlier deliveries), builds batches of the same realistic webhooks
+(``bench/ingest.py``'s ``Feed``, parsed as the webhook handler parses them), and calls
+``Ingestor.ingest`` on them one batch after another on one kept connection, as the writer does, under
+cProfile. It prints:
+
+- wall time per event, and the part of it spent in COMMIT (the WAL flush: an fsync on SQLite);
+  the first ``--batches`` batches run plainly for these figures, as many more under cProfile for the table;
+- the writer's CPU per event (the rest), next to the budget the 0.5-of-bare target of bench/ingest leaves
+  for all of the tracker's work per webhook (``--bare-us``: the bare endpoint's server CPU per request,
+  as bench/ingest prints it; 93-112 us on the 2-core machine of 2026-12-04);
+- the functions of tracker/ with the most time of their own and below them (cumulative), per event.
+
+    bench/ingest_writer                      # SQLite, 300 batches of 18 (bench/ingest's mean batch)
+    bench/ingest_writer --backend postgres --batches 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import ingest as bench_ingest  # noqa: E402 - bench/ingest.py, beside this file
+
+from tracker.bootstrap import build  # noqa: E402
+from tracker.clock import SystemClock  # noqa: E402
+from tracker.ingest import Delivery  # noqa: E402
+from tracker.providers import blaaiz  # noqa: E402
+from tracker.settings import Settings  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--postgres-url", default=bench_ingest.PG_ADMIN)
+    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=18, help="events per batch (default 18)")
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--past-events", type=int, default=20_000)
+    parser.add_argument("--bare-us", type=float, default=100.0,
+                        help="bare endpoint's server CPU per request, from bench/ingest (default 100)")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="bench_ingest_writer_")
+    url = (f"sqlite:///{workdir}/tracker.db" if args.backend == "sqlite"
+           else bench_ingest.create_pg_database(args.postgres_url))
+    try:
+        bench_ingest.upgrade(url)
+        rng = random.Random(1)
+        statuses = bench_ingest.seed_database(url, args.customers, args.past_events, rng)
+        feed = bench_ingest.Feed(statuses, rng, datetime.now(UTC))
+        container = build(Settings(database_url=url, blaaiz_webhook_secrets=("bench",)), SystemClock())
+        container.start()
+        try:
+            batches = []
+            for _ in range(2 * args.batches):  # the first half timed plainly, the second under cProfile
+                batch = []
+                for _ in range(args.batch):
+                    body = feed.event("w")
+                    batch.append(Delivery("blaaiz", datetime.now(UTC), body, {}, blaaiz.parse(json.loads(body))))
+                batches.append(batch)
+            ingestor = container.ingestor
+            conn = ingestor.connect()
+            outcomes: dict[str, int] = {}
+            started, cpu = time.perf_counter(), time.process_time()
+            for batch in batches[:args.batches]:
+                for result in ingestor.ingest(batch, conn):
+                    outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            profile = cProfile.Profile()
+            profile.enable()
+            for batch in batches[args.batches:]:
+                ingestor.ingest(batch, conn)
+            profile.disable()
+            conn.close()
+        finally:
+            container.stop()
+            container.engine.dispose()
+    finally:
+        if args.backend == "postgres":
+            bench_ingest.drop_pg_database(args.postgres_url, url)
+
+    events = args.batches * args.batch
+    stats = pstats.Stats(profile)
+    commit = sum(row[3] for func, row in stats.stats.items()  # type: ignore[attr-defined]
+                 if func[2] in ("<method 'commit' of 'sqlite3.Connection' objects>",) or
+                 (func[2] == "commit" and "psycopg" in func[0]))
+    per = 1e6 / events
+    print(f"bench/ingest_writer: {args.backend}, {args.batches} batches of {args.batch} events "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))})")
+    print(f"  wall per event      {wall * per:7.0f} us  (commit about {commit * per:.0f} us of it, from the profile)")
+    print(f"  CPU per event       {cpu * per:7.0f} us  (this process; PostgreSQL's own work is not in it)")
+    budget = args.bare_us  # 0.5 of bare: twice bare's CPU per request in all, bare's own share being HTTP
+    print(f"  0.5-of-bare budget  {budget:7.0f} us  for everything beyond bare's HTTP handling "
+          f"(--bare-us); CPU / budget = {cpu * per / budget:.1f}")
+    rows = []
+    for (file, line, name), (_, _, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if "/tracker/" in file:
+            rows.append((cumulative, own, f"{file.split('/tracker/')[-1]}:{line}({name})"))
+    print(f"  tracker/ functions under cProfile (which inflates Python code), per event (cumulative / own, us), "
+          f"top {args.top}:")
+    for cumulative, own, where in sorted(rows, reverse=True)[:args.top]:
+        print(f"    {cumulative * per:7.0f} {own * per:6.0f}  {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
