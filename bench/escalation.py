@@ -31,11 +31,12 @@ The worker is the real one, in its own process: ``tracker worker`` (``tracker.cl
 default 1 s tick, launched through ``bench/escalation.py --worker-probe FILE``, which only wraps
 ``tracker.db.queries.claim_deadlines`` and ``Escalator._settle`` to append each call's wall time, duration and
 rows to FILE: the due query is timed where the Escalator runs it, tick by tick, and so is the settling of what
-it claimed (one transaction per customer). No provider credentials are given, so nothing is
-polled and the Escalator's check before an alert has no plan (no network in the measurement); the alert
-channel is the default ``log`` one. ``TRACKER_INCIDENT_THRESHOLD`` is 1,000,000 by default, so the
-per-customer alerts are not folded into provider incidents and each gets its notice in the outbox (the
-heavier path); ``--incident-threshold 10`` (the default of the setting) measures the folding path.
+it claimed (25 customers a transaction, a savepoint each; on PostgreSQL up to 4 transactions at once). No
+provider credentials are given, so nothing is polled and the Escalator's check before an alert has no plan
+(no network in the measurement); the alert channel is the default ``log`` one. ``TRACKER_INCIDENT_THRESHOLD``
+is 1,000,000 by default, so the per-customer alerts are not folded into provider incidents and each gets its
+notice in the outbox (the heavier path); ``--incident-threshold 10`` (the default of the setting) measures
+the folding path.
 
 Figures (PASS/FAIL on the issue's targets, with each figure's ratio to its target):
 
@@ -392,6 +393,9 @@ def vacuum(url: str) -> None:
 
 # --- watching the alerts appear -----------------------------------------------------------------------------
 
+LOOKBACK = 2000
+
+
 class Watcher(threading.Thread):
     """Polls the alerts table every WATCH_PERIOD: when each alert was first seen committed. Once a second it
     also notes the machine's CPU and IO pressure and the worker's CPU time (to tell a slow tick's cause)."""
@@ -416,12 +420,14 @@ class Watcher(threading.Thread):
         try:
             with self.engine.connect() as conn:
                 while not self.done.is_set():
-                    ids = conn.execute(select(alerts.c.id).where(alerts.c.id > last).order_by(alerts.c.id)
-                                       ).scalars().all()
+                    # Ids are handed out in order but parallel transactions commit out of order: look back
+                    # LOOKBACK ids below the largest seen (seconds of alerts at the bench's rate).
+                    ids = conn.execute(select(alerts.c.id).where(alerts.c.id > last - LOOKBACK)
+                                       .order_by(alerts.c.id)).scalars().all()
                     conn.rollback()
                     seen = time.time()
                     for ident in ids:
-                        self.seen[ident] = seen
+                        self.seen.setdefault(ident, seen)
                         last = max(last, ident)
                     if not self.samples or seen - self.samples[-1][0] >= 1.0:
                         self.samples.append((seen, cpu_stall(), cpu_stall("io"), cpu_seconds(self.worker_pid)))
@@ -764,7 +770,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[Line], lis
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
         settles = [(ms, n) for t, ms, n in settle_samples if window_start <= t <= last.timestamp() + 3]
         per_customer = [ms / n for ms, n in settles if n]
-        lines.append(Line(backend, "the Escalator's settling per tick, one transaction per customer (no target)",
+        lines.append(Line(backend, "the Escalator's settling per tick (no target)",
                           spread([ms for ms, _ in settles], "ms", digits=0)
                           + (f"; first/last 10 ticks p50 {statistics.median(ms for ms, _ in settles[:10]):.0f}/"
                              f"{statistics.median(ms for ms, _ in settles[-10:]):.0f} ms"

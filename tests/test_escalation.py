@@ -322,3 +322,46 @@ async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url,
         container.stop()
         await container.http.aclose()
         container.engine.dispose()
+
+
+async def test_a_customer_that_fails_is_rolled_back_alone_and_retried_after_its_lease(database_url, clock,
+                                                                                     pocket) -> None:
+    """Customers are settled many to a transaction (``SETTLE_CHUNK``), each in its own savepoint: bad data in
+    one loses nothing of the others, and that one is tried again once its claim's lease has run out."""
+    from sqlalchemy import update
+
+    from tracker.escalation import SETTLE_CHUNK
+
+    container = build(settings_for(database_url, incident_threshold=1000), clock, transport=HostRouter.of(pocket))
+    try:
+        count = SETTLE_CHUNK + 5  # two transactions
+        for n in range(count):
+            pocket.add_customer(f"usr_c{n}", "processing")
+            container.customers.register({"provider": "cryptopocket", "provider_customer_id": f"usr_c{n}",
+                                          "customer_type": "individual"})
+        for _ in range(20):
+            await container.poller.tick()
+            await container.poller.drain()
+        with container.engine.begin() as conn:
+            ids = [row.id for row in conn.execute(select(customers.c.id).where(customers.c.state == "pending")
+                                                  .order_by(customers.c.id))]
+            assert len(ids) == count
+            bad = ids[3]
+            conn.execute(update(customers).where(customers.c.id == bad).values(tier="bogus"))
+        clock.advance(timedelta(hours=2))
+        await sweep(container)
+        alerted = {a.customer_id for a in alert_rows(container) if a.kind == "overdue"}
+        assert alerted == set(ids) - {bad}
+        assert customer(container, bad).deadline_lease_owner is not None  # still claimed: not retried yet
+        with container.engine.begin() as conn:
+            conn.execute(update(customers).where(customers.c.id == bad).values(tier="none"))
+        await sweep(container)
+        assert [a.kind for a in alert_rows(container, bad)] == []  # the lease still holds
+        clock.advance(timedelta(seconds=61))  # TRACKER_POLL_LEASE, 60 s by default
+        await sweep(container)
+        assert [a.kind for a in alert_rows(container, bad)] == ["overdue"]
+        assert sum(1 for a in alert_rows(container) if a.kind == "overdue") == count  # each exactly once
+    finally:
+        await container.poller.drain()
+        await container.http.aclose()
+        container.engine.dispose()
