@@ -145,6 +145,9 @@ class Escalator:
         """Up to ``SETTLE_CHUNK`` customers a transaction, each in a savepoint of its own: one commit (one WAL
         flush) for many customers, and a customer that fails is rolled back alone. A transaction that fails
         as a whole leaves its customers claimed: they are retried after their lease."""
+        # In id order, as the webhook writer locks customers: a chunk holds the locks of the customers it has
+        # settled until it commits, and two transactions taking the same rows in opposite orders deadlock.
+        rows = sorted(rows, key=lambda row: int(row.id))
         chunks = [rows[start:start + SETTLE_CHUNK] for start in range(0, len(rows), SETTLE_CHUNK)]
         if len(chunks) == 1 or self.engine.dialect.name == "sqlite":  # SQLite: one writer at a time anyway
             for chunk in chunks:
