@@ -10,13 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db import queries
 from tracker.db.tables import alerts, customers, notifications
+from tracker.escalation import SETTLE_CHUNK
 from tracker.providers.simulators import BlaaizSimulator, CryptoPocketSimulator, HostRouter
 from tracker.web.app import create_app
 
@@ -328,10 +329,6 @@ async def test_a_customer_that_fails_is_rolled_back_alone_and_retried_after_its_
                                                                                      pocket) -> None:
     """Customers are settled many to a transaction (``SETTLE_CHUNK``), each in its own savepoint: bad data in
     one loses nothing of the others, and that one is tried again once its claim's lease has run out."""
-    from sqlalchemy import update
-
-    from tracker.escalation import SETTLE_CHUNK
-
     container = build(settings_for(database_url, incident_threshold=1000), clock, transport=HostRouter.of(pocket))
     try:
         count = SETTLE_CHUNK + 5  # two transactions

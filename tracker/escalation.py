@@ -173,11 +173,9 @@ class Escalator:
                 self._settle_one(conn, customer_id, report)
         except ConcurrentChange:
             log.info("customer %s changed while escalating; the next tick looks again", customer_id)
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 raise  # the transaction is gone: the whole chunk is retried after its lease
-            log.exception("escalating customer %s failed; it is retried after its lease", customer_id)
-        except Exception:
             log.exception("escalating customer %s failed; it is retried after its lease", customer_id)
 
     def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None) -> None:

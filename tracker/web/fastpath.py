@@ -4,9 +4,9 @@ Dashboards poll single customers, mostly with ``If-None-Match``. Routing a reque
 exception middleware, the router's regex match of each route, ``Request`` and ``Response`` objects, the
 ``send`` wrappers) costs about as much as the read itself, so this ASGI middleware, which sits in front of
 the router, answers the common case directly: a GET of ``/v1/customers/<digits>`` with a bearer key that
-``ApiKeys`` verified recently (its cache; no database access) and a customer that exists. The answer is the
-same, byte for byte and header for header, as ``tracker.web.api.get_customer`` gives (the tests compare
-them).
+``ApiKeys`` verified recently (its cache; no database access) and a customer that exists. Both paths read
+through ``tracker.web.api.read_customer``, so the answer is the same, byte for byte and header for header
+(the tests compare them).
 
 Anything else goes to the application untouched: another route, no key or a key not in the cache (the full
 path authenticates it and fills the cache), too small a scope, an unknown customer, a database error. For
@@ -20,7 +20,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tracker.web.responses import customer_etag, customer_json, etag_matches, fast_dumps
+from tracker.web.api import read_customer
+from tracker.web.requests import bearer_token
 
 PREFIX = "/v1/customers/"
 _JSON = (b"content-type", b"application/json")
@@ -45,34 +46,20 @@ class CustomerReadFastPath:
         await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope, customer_id: int) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        authorization = if_none_match = None
+        headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
-            if name == b"authorization" and authorization is None:
-                authorization = value
-            elif name == b"if-none-match" and if_none_match is None:
-                if_none_match = value
-        if authorization is None or authorization[:7].lower() != b"bearer ":
-            return None
-        container = self.container
-        principal = container.api_keys.from_cache(authorization[7:].strip().decode("latin-1"))
+            if name in (b"authorization", b"if-none-match"):
+                headers.setdefault(name, value)  # the first of each, as Starlette's Headers.get
+        token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        principal = self.container.api_keys.from_cache(token) if token is not None else None
         if principal is None or not principal.allows("read"):
             return None
-        customers = container.customers
+        if_none_match = headers.get(b"if-none-match")
         try:
-            if if_none_match:
-                key = await customers.reads.key(customer_id)
-                if key is None:
-                    return None
-                etag = customer_etag(key)
-                if etag_matches(if_none_match.decode("latin-1"), etag):
-                    return 304, [(b"etag", etag.encode())], b""
-            row = await customers.reads.get(customer_id)
-        except Exception:  # the full path reads again and answers the error as it should (503)
+            etag, body = await read_customer(self.container, customer_id,
+                                             if_none_match.decode("latin-1") if if_none_match is not None else None)
+        except Exception:  # NotFound, a database error: the full path reads again and answers it (404, 503)
             return None
-        if row is None:
-            return None
-        etag = customer_etag(row)
-        if if_none_match and etag_matches(if_none_match.decode("latin-1"), etag):
+        if body is None:
             return 304, [(b"etag", etag.encode())], b""
-        body = fast_dumps(customer_json(row, container.clock.now()))
         return 200, [(b"etag", etag.encode()), (b"content-length", str(len(body)).encode()), _JSON], body

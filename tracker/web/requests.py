@@ -62,14 +62,19 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` header value, or None."""
+    kind, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if kind.lower() == "bearer" and token else None
+
+
 async def authorize(request: Request, scope: str) -> Principal:
     """The caller's key, which must allow ``scope``: 401 without a valid key, 403 with too small a scope."""
-    header = request.headers.get("authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with tracker keys create)")
     keys = request.app.state.container.api_keys
-    token = token.strip()
     principal = keys.from_cache(token)
     if principal is None:
         principal = await _authenticate(keys, token)
