@@ -295,6 +295,49 @@ async def test_webhooks_drive_deadlines_resolution_and_conflicts(database_url, c
         container.engine.dispose()
 
 
+async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_the_next(database_url, clock) -> None:
+    """The group-commit writer applies a batch of webhooks together and writes what follows the moves (deadline,
+    tier, last signal, next poll, alert resolution) once per customer, from its row as read to its last state.
+    Rejected and submitted again in one batch is a new attempt: the old attempt's alert is resolved, and the
+    new one gets its own deadline, at tier none."""
+    from tests.conftest import blaaiz_event, post_blaaiz
+    from tracker.ingest import Delivery
+    from tracker.providers import blaaiz
+
+    container = build(make_settings(database_url), clock)
+    container.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+                                     base_url="http://t") as http:
+            await post_blaaiz(http, clock, blaaiz_event("cus_b", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
+        started = clock.now()
+        clock.advance(timedelta(hours=3))
+        await sweep(container)
+        cid = container.engine.connect().execute(select(customers.c.id)).scalar_one()
+        assert customer(container, cid).tier == "overdue"
+        clock.advance(timedelta(minutes=1))
+        batch = [
+            blaaiz_event("cus_b", "REJECTED", updated_at="2026-01-05T12:01:00Z", comment="Cropped document"),
+            blaaiz_event("cus_b", "PROCESSING", updated_at="2026-01-05T12:01:30Z", old_status="REJECTED"),
+        ]
+        results = container.ingestor.ingest([Delivery("blaaiz", clock.now(), json.dumps(body).encode(), {},
+                                                      blaaiz.parse(body)) for body in batch])
+        assert [r.outcome for r in results] == ["accepted", "accepted"]
+        row = customer(container, cid)
+        assert (row.state, row.attempts, row.rejections) == ("pending", 2, 1)
+        assert row.pending_since == clock.now() != started
+        assert row.tier == "none"
+        assert row.deadline_at == clock.now() + timedelta(hours=2)
+        assert row.last_signal_at == clock.now()
+        assert row.next_poll_at == clock.now() + timedelta(minutes=10)
+        assert [(a.kind, a.state) for a in alert_rows(container, cid)] == [("overdue", "resolved")]
+        assert [n.action for n in notices(container)] == ["trigger", "resolve"]
+    finally:
+        container.stop()
+        await container.http.aclose()
+        container.engine.dispose()
+
+
 async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url, clock) -> None:
     from tests.conftest import blaaiz_event, post_blaaiz
 

@@ -24,7 +24,7 @@ from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
 from tracker.domain.escalation import EscalationPolicy, Tier, next_deadline, tier_at
-from tracker.domain.lifecycle import Decision, Signal, State
+from tracker.domain.lifecycle import Decision, Signal, Snapshot, State
 from tracker.metrics import Metrics
 from tracker.providers.base import CustomerRef, ProviderError, StatusReport
 from tracker.transitions import ConcurrentChange, apply_signal
@@ -55,17 +55,34 @@ class LifecycleEffects:
 
     def on_move(self, conn: Connection, row: Mapping[str, Any] | RowMapping, decision: Decision, now: datetime
                 ) -> dict[str, Any]:
-        after, before = decision.after, decision.before
+        values, resolve = self.move_values(row, decision.before, decision.after)
+        if resolve:
+            resolve_customer(conn, self.alerts, row, now)
+        return values
+
+    def move_values(self, row: Mapping[str, Any] | RowMapping, before: Snapshot, after: Snapshot
+                    ) -> tuple[dict[str, Any], bool]:
+        """What moving from ``before`` to ``after`` (one move, or several in a row) changes in the customer's row
+        (``row`` as it was at ``before``: its ``provider``, ``customer_type`` and ``tier`` are read), and whether
+        its open tier alerts are to be resolved (``on_leaving_escalated``). An attempt ends when the customer
+        leaves ``pending`` or starts another one (``pending_since`` moves); a new one starts at tier ``none``."""
+        kept = before.state is State.PENDING and after.state is State.PENDING \
+            and after.pending_since == before.pending_since
+        if kept:
+            return {}, False
+        # Tier alerts are raised in the transaction that sets the tier: a customer still at ``none`` has none
+        # open (most leave pending so: no query for them).
+        resolve = before.state is State.PENDING and row["tier"] != Tier.NONE.value
         if after.state is State.PENDING:  # a new attempt: its own clock and its own alerts
             return {"tier": Tier.NONE.value,
-                    **self.deadline(row["provider"], row["customer_type"], after.pending_since, Tier.NONE)}
+                    **self.deadline(row["provider"], row["customer_type"], after.pending_since, Tier.NONE)}, resolve
         if before.state is State.PENDING:
-            # Tier alerts are raised in the transaction that sets the tier, and a new attempt starts at ``none``:
-            # a customer still at ``none`` has none open (most leave pending so: no query for them).
-            if row["tier"] != Tier.NONE.value:
-                resolve_customer(conn, self.alerts, row, now)
-            return {"tier": Tier.NONE.value, "deadline_at": None, "deadline_tier": None}
-        return {}
+            return {"tier": Tier.NONE.value, "deadline_at": None, "deadline_tier": None}, resolve
+        return {}, False
+
+    def on_leaving_escalated(self, conn: Connection, row: Mapping[str, Any] | RowMapping, now: datetime) -> None:
+        """The customer left ``pending`` after a tier was raised: resolve its open tier alerts."""
+        resolve_customer(conn, self.alerts, row, now)
 
     def on_conflict(self, conn: Connection, row: Mapping[str, Any] | RowMapping, signal: Signal, now: datetime,
                     cause: str) -> None:

@@ -23,12 +23,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect, Engine, Table, select
+from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tracker.clock import Clock
@@ -90,6 +90,24 @@ class _Applied:
     processed: bool = True
 
 
+@dataclass
+class _Customer:
+    """A customer as a batch read (and locked) it."""
+
+    id: int
+    snapshot: Snapshot
+    context: dict[str, Any]  # CONTEXT_COLUMNS
+
+
+@dataclass
+class _Update:
+    """A customer's write: its snapshot as read and as decided, and what follows a move (``FOLLOW_COLUMNS``)."""
+
+    customer: _Customer
+    after: Snapshot
+    follow: dict[str, Any]
+
+
 class RetryBatch(Exception):
     """Another writer changed a row this batch read; run the batch again."""
 
@@ -101,16 +119,22 @@ EVENT_COLUMNS = ("provider", "event_id", "fingerprint", "event_type", "provider_
                  "reason", "duplicate_of")
 HISTORY_COLUMNS = ("customer_id", "from_state", "to_state", "trigger", "source", "event_id", "provider_status",
                    "provider_time", "recorded_at", "actor", "comment", "version")
-# The customer as the lifecycle sees it: id, provider id, then the snapshot.
-CUSTOMER_COLUMNS = ("id", "provider_customer_id", *queries.SNAPSHOT_FIELDS)
+# What follows a move besides the snapshot (``Ingestor._moved``): written in the same UPDATE.
+FOLLOW_COLUMNS = ("last_signal_at", "next_poll_at", "tier", "deadline_at", "deadline_tier")
+# What that needs to know of the customer beyond the snapshot.
+CONTEXT_COLUMNS = ("customer_type", "last_polled_at", *FOLLOW_COLUMNS)
+# The customer as the batch reads it: id, provider id, the snapshot, then the context.
+CUSTOMER_COLUMNS = ("id", "provider_customer_id", *queries.SNAPSHOT_FIELDS, *CONTEXT_COLUMNS)
+_CONTEXT_AT = 2 + len(queries.SNAPSHOT_FIELDS)
 # A customer met first in a webhook (``Ingestor._discovered``).
 NEW_CUSTOMER_COLUMNS = ("provider", "provider_customer_id", "customer_type", "state", "version", "discovered_by",
                         "created_at", "updated_at", "tier", "attempts", "rejections")
-_SNAPSHOT_TIMES = frozenset(n for n in queries.SNAPSHOT_FIELDS if isinstance(customers.c[n].type, UTCDateTime))
+_UPDATE_TIMES = frozenset(n for n in (*queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS)
+                          if isinstance(customers.c[n].type, UTCDateTime))
 # Writer threads of a GroupCommitter on PostgreSQL (SQLite: one).
 POSTGRES_WRITERS = 2
-# Customer update: key, expected version, then the snapshot and updated_at.
-UPDATE_COLUMNS = ("id", "_old_version", *queries.SNAPSHOT_FIELDS, "updated_at")
+# Customer update: key, expected version, then the snapshot, what follows a move, and updated_at.
+UPDATE_COLUMNS = ("id", "_old_version", *queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS, "updated_at")
 
 
 def _snapshot(values: Sequence[Any]) -> Snapshot:
@@ -262,17 +286,18 @@ class _Statements:
         """A JSON value read back: psycopg decodes ``json`` itself, SQLite hands over the text."""
         return json.loads(value) if isinstance(value, str) else value
 
-    def _customers(self, value: Any) -> dict[str, tuple[int, Snapshot]]:
+    def _customers(self, value: Any) -> dict[str, _Customer]:
         found = {}
         for values in self._json(value) or ():
             for i in self._customer_times:
                 values[i] = _read_time(values[i])
             values[2] = State(values[2])
-            found[values[1]] = (values[0], _snapshot(values[2:]))
+            found[values[1]] = _Customer(values[0], _snapshot(values[2:_CONTEXT_AT]),
+                                         dict(zip(CONTEXT_COLUMNS, values[_CONTEXT_AT:], strict=True)))
         return found
 
     def prefetch(self, cur: Any, provider: str, event_ids: Sequence[str], fingerprints: Sequence[str],
-                 pcids: Sequence[str]) -> tuple[dict[str, int], dict[str, int], dict[str, tuple[int, Snapshot]], int]:
+                 pcids: Sequence[str]) -> tuple[dict[str, int], dict[str, int], dict[str, _Customer], int]:
         """Ids of first deliveries already stored (by event id, by fingerprint); the customers with these provider
         ids, locked; the largest inbox id. One statement, one row."""
         cur.execute(self._prefetch, (provider, json.dumps(list(event_ids)), json.dumps(list(fingerprints)),
@@ -287,7 +312,7 @@ class _Statements:
                 by_print[fingerprint] = row_id
         return by_id, by_print, self._customers(found), int(last_id or 0)
 
-    def lock_customers(self, cur: Any, provider: str, pcids: Sequence[str]) -> dict[str, tuple[int, Snapshot]]:
+    def lock_customers(self, cur: Any, provider: str, pcids: Sequence[str]) -> dict[str, _Customer]:
         """Customers by provider id (locked on PostgreSQL; SQLite holds the write lock already)."""
         if not pcids:
             return {}
@@ -300,17 +325,20 @@ class _Statements:
             self._insert(cur, self._new_customer_head, self._prepare(rows, self._new_customer_times),
                          self._new_customer_tail)
 
-    def update_customers(self, cur: Any, changes: Sequence[tuple[int, Snapshot, Snapshot]], now: datetime) -> int:
-        """Write each customer's new snapshot (``changes``: id, snapshot read, snapshot decided), where the row
-        still has the version read; returns how many rows matched."""
+    def update_customers(self, cur: Any, changes: Sequence[_Update], now: datetime) -> int:
+        """Write each customer's new snapshot and what follows its move, where the row still has the version
+        read; returns how many rows matched."""
         if not changes:
             return 0
         matched = 0
         if self.postgres:  # every column, one statement a chunk
             rows = []
-            for customer_id, before, after in changes:
-                values = queries.snapshot_values(after)
-                rows.append((customer_id, before.version, *(values[n] for n in queries.SNAPSHOT_FIELDS), now))
+            for change in changes:
+                values = queries.snapshot_values(change.after)
+                context, follow = change.customer.context, change.follow
+                rows.append((change.customer.id, change.customer.snapshot.version,
+                             *(values[n] for n in queries.SNAPSHOT_FIELDS),
+                             *(follow[n] if n in follow else context[n] for n in FOLLOW_COLUMNS), now))
             for chunk in _chunks(rows):
                 values_sql = self._values(len(chunk), len(UPDATE_COLUMNS), self._update_casts)
                 cur.execute(self._update_head + values_sql + self._update_tail, [v for row in chunk for v in row])
@@ -320,11 +348,13 @@ class _Statements:
         # one statement for the customers that changed the same columns.
         stamp = _sqlite_time(now)
         shapes: dict[tuple[str, ...], list[list[Any]]] = {}
-        for customer_id, before, after in changes:
-            names = tuple(n for n in queries.SNAPSHOT_FIELDS if getattr(before, n) != getattr(after, n))
-            values = queries.snapshot_values(after)
-            row: list[Any] = [customer_id, before.version]
-            row += [_sqlite_time(values[n]) if n in _SNAPSHOT_TIMES else values[n] for n in names]
+        for change in changes:
+            before, after, context = change.customer.snapshot, change.after, change.customer.context
+            follow = {n: v for n, v in change.follow.items() if v != context[n]}
+            names = (*(n for n in queries.SNAPSHOT_FIELDS if getattr(before, n) != getattr(after, n)), *follow)
+            values = {**queries.snapshot_values(after), **follow}
+            row: list[Any] = [change.customer.id, before.version]
+            row += [_sqlite_time(values[n]) if n in _UPDATE_TIMES else values[n] for n in names]
             shapes.setdefault(names, []).append(row)
         for names, rows_of_shape in shapes.items():
             head = self._sqlite_updates.get(names)
@@ -448,11 +478,11 @@ class Ingestor:
                 return IngestResult("rejected", row.id, None, str(exc))
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                applied, changes = self._apply(cursor, [(row.id, parsed)], now)
+                applied, changes, resolving = self._apply(cursor, [(row.id, parsed)], now)
             finally:
                 cursor.close()
             result = applied[0]
-            self._follow_up(conn, changes, [(result.customer_id, parsed, result.outcome)]
+            self._follow_up(conn, resolving, [(result.customer_id, parsed, result.outcome)]
                             if result.customer_id is not None else [])
             # The stored outcome is the event's first effect; a replay overwrites it only where that effect was
             # a failure, or where the replay itself moved the customer.
@@ -472,75 +502,60 @@ class Ingestor:
             # The driver's cursor, inside the transaction SQLAlchemy began (and will commit or roll back).
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                results, changes = self._ingest(cursor, deliveries, locked)
+                results, changes, resolving = self._ingest(cursor, deliveries, locked)
             finally:
                 cursor.close()
             notable = [(result.customer_id, delivery.parsed, result.outcome)
                        for delivery, result in zip(deliveries, results, strict=True)
                        if result.customer_id is not None and delivery.parsed is not None
                        and (result.outcome == "conflict" or delivery.parsed.unknown_status)]
-            self._follow_up(conn, changes, notable)
+            self._follow_up(conn, resolving, notable)
             return results, changes
 
-    def _follow_up(self, conn: Connection, changes: Sequence[dict[str, Any]],
+    def _follow_up(self, conn: Connection, resolving: Sequence[int],
                    events: Sequence[tuple[int, ParsedEvent | None, str]]) -> None:
-        """Escalation deadlines, alert resolution and the next poll of every customer that moved; conflict alerts
-        and (once per customer and value) undocumented-status alerts for ``events`` (customer id, event, outcome).
-        Same transaction as the events, through SQLAlchemy on the same connection. The customers are read back in
-        one statement (this transaction holds their locks already) and written in one."""
-        if self.effects is None and self.policy is None:
+        """The rarer effects, through SQLAlchemy on the same connection and transaction, after the batch's customers
+        are written (what follows every move is written with them, ``_moved``): the open tier alerts of
+        ``resolving`` (customers that left ``pending`` escalated) are resolved; conflict alerts and (once per
+        customer and value) undocumented-status alerts are raised for ``events`` (customer id, event, outcome).
+        The customers are read back in one statement; this transaction holds their locks already."""
+        if self.effects is None:
             return
-        from tracker.transitions import rescheduled
-
-        now = self.clock.now()
-        first_from: dict[int, str] = {}  # customer -> the state before its first move in this batch
-        for change in changes:
-            first_from.setdefault(change["customer_id"], change["from"])
         notable = [(customer_id, event, outcome) for customer_id, event, outcome in events
                    if event is not None and event.signal is not None
-                   and (outcome == "conflict" or event.unknown_status)] if self.effects is not None else []
-        wanted = set(first_from) | {customer_id for customer_id, _, _ in notable}
+                   and (outcome == "conflict" or event.unknown_status)]
+        wanted = set(resolving) | {customer_id for customer_id, _, _ in notable}
         if not wanted:
             return
-        rows = {row.id: row._mapping for row in conn.execute(
+        now = self.clock.now()
+        rows: dict[int, Mapping[str, Any] | RowMapping] = {row.id: row._mapping for row in conn.execute(
             select(customers).where(customers.c.id.in_(sorted(wanted))).order_by(customers.c.id))}
-        written: dict[int, dict[str, Any]] = {}
-        for customer_id, from_state in first_from.items():
-            row = rows.get(customer_id)
-            if row is None:
-                continue
-            before = Snapshot(state=State(from_state))
-            after = queries.snapshot_of(row)
-            decision = Decision(Outcome.APPLIED, before, after, "webhook")
-            values: dict[str, Any] = {"last_signal_at": now}
-            if self.effects is not None and before.state != after.state:
-                values.update(self.effects.on_move(conn, row, decision, now))
-            if self.policy is not None:
-                values["next_poll_at"] = rescheduled(row, decision, now, self.policy, signal_at=now)
-            written[customer_id] = values
+        for customer_id in resolving:
+            if customer_id in rows:
+                self.effects.on_leaving_escalated(conn, rows[customer_id], now)
+        flagged: dict[int, dict[str, Any]] = {}
         for customer_id, event, outcome in notable:
             row = rows.get(customer_id)
             if row is None or event is None or event.signal is None:
                 continue
-            current = {**row, **written.get(customer_id, {})}
             raw = event.signal.provider_status or "?"
             if outcome == "conflict":
-                self.effects.on_conflict(conn, current, event.signal, now,
+                self.effects.on_conflict(conn, row, event.signal, now,
                                          f"event:{event.event_id or event.fingerprint[:16]}")
             flag = f"unknown_status:{raw}"
-            flags = queries.flags_of(current)
+            flags = queries.flags_of(row)
             if event.unknown_status and flag not in flags:
                 log.warning("%s sent an undocumented status %r for customer %s; kept raw, treated as in progress",
                             event.provider, raw, customer_id)
                 if self.metrics is not None:
                     self.metrics.unknown_status.labels(event.provider).inc()
-                written.setdefault(customer_id, {})["flags"] = json.dumps([*flags, flag])
-                self.effects.on_unknown(conn, current, raw, now)
-        queries.update_customers(conn, [{**values, "_id": customer_id, "_old_version": rows[customer_id]["version"]}
-                                        for customer_id, values in written.items()])
+                row = rows[customer_id] = {**row, "flags": json.dumps([*flags, flag])}
+                flagged[customer_id] = {"flags": row["flags"], "_id": customer_id, "_old_version": row["version"]}
+                self.effects.on_unknown(conn, row, raw, now)
+        queries.update_customers(conn, list(flagged.values()))
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery], locked: Callable[[], None] | None = None
-                ) -> tuple[list[IngestResult], list[dict[str, Any]]]:
+                ) -> tuple[list[IngestResult], list[dict[str, Any]], list[int]]:
         db = self.statements
         now = self.clock.now()
         first_of: dict[tuple[str, str, str], int] = {}  # (provider, kind, key) -> delivery index
@@ -548,7 +563,7 @@ class Ingestor:
         for index, delivery in enumerate(deliveries):
             by_provider.setdefault(delivery.provider, []).append(index)
         stored: dict[tuple[str, str, str], int] = {}
-        found: dict[str, dict[str, tuple[int, Snapshot]]] = {}  # provider -> provider customer id -> customer
+        found: dict[str, dict[str, _Customer]] = {}  # provider -> provider customer id -> customer
         last_id = 0
         for provider, indexes in by_provider.items():
             parsed = [p for p in (deliveries[i].parsed for i in indexes) if p is not None]
@@ -577,8 +592,8 @@ class Ingestor:
                 first_of[key] = index
             fresh.append(index)
 
-        applied_list, changes = self._apply(cur, [(None, deliveries[i].parsed) for i in fresh  # type: ignore[misc]
-                                                  ], now, found, locked)
+        applied_list, changes, resolving = self._apply(
+            cur, [(None, deliveries[i].parsed) for i in fresh], now, found, locked)  # type: ignore[misc]
         applied = dict(zip(fresh, applied_list, strict=True))
 
         rows: list[tuple[Any, ...]] = []
@@ -612,20 +627,22 @@ class Ingestor:
             else:
                 result = applied[index]
                 results.append(IngestResult(result.outcome, ids[index], result.customer_id, result.reason))
-        return results, changes
+        return results, changes, resolving
 
     def _apply(self, cur: Any, items: Sequence[tuple[int | None, ParsedEvent]], now: datetime,
-               prefetched: dict[str, dict[str, tuple[int, Snapshot]]] | None = None,
-               locked: Callable[[], None] | None = None) -> tuple[list[_Applied], list[dict[str, Any]]]:
-        """Decide every event against its customer (in order), write customers and (for reprocessing)
-        history. ``prefetched``: the customers already read and locked, by provider; ``locked`` is called once
-        every customer is locked (new ones inserted). Returns the per-event results and the change notices."""
+               prefetched: dict[str, dict[str, _Customer]] | None = None,
+               locked: Callable[[], None] | None = None
+               ) -> tuple[list[_Applied], list[dict[str, Any]], list[int]]:
+        """Decide every event against its customer (in order), write customers (with what follows each move,
+        ``_moved``) and, for reprocessing, history. ``prefetched``: the customers already read and locked, by
+        provider; ``locked`` is called once every customer is locked (new ones inserted). Returns the per-event
+        results, the change notices and the customers whose open tier alerts are to be resolved."""
         db = self.statements
         by_provider: dict[str, set[str]] = {}
         for _, event in items:
             if event.signal is not None and event.provider_customer_id is not None:
                 by_provider.setdefault(event.provider, set()).add(event.provider_customer_id)
-        rows: dict[tuple[str, str], tuple[int, Snapshot]] = {}
+        rows: dict[tuple[str, str], _Customer] = {}
         for provider, pcids in by_provider.items():
             if prefetched is not None and provider in prefetched:
                 found = dict(prefetched[provider])
@@ -640,6 +657,7 @@ class Ingestor:
             locked()
 
         snapshots: dict[tuple[str, str], Snapshot] = {}
+        moved: set[tuple[str, str]] = set()  # customers that moved in this batch
         results: list[_Applied] = []
         moved_history: list[tuple[Any, ...]] = []
         changes: list[dict[str, Any]] = []
@@ -648,8 +666,9 @@ class Ingestor:
                 results.append(_Applied("ignored", event.ignore_reason, None))
                 continue
             key = (event.provider, event.provider_customer_id)
-            customer_id, stored = rows[key]
-            before = snapshots.get(key) or stored
+            customer = rows[key]
+            customer_id = customer.id
+            before = snapshots.get(key) or customer.snapshot
             try:
                 decision = decide(before, event.signal, now)
             except Exception as exc:  # a bug must not lose the event: keep it retryable
@@ -663,6 +682,7 @@ class Ingestor:
                 reason = f"{event.ignore_reason}; {reason}"
             results.append(_Applied(ANSWER[decision.outcome], reason, customer_id, decision))
             if decision.moved:
+                moved.add(key)
                 change = {"customer_id": customer_id, "provider": event.provider,
                           "from": decision.before.state.value, "to": decision.after.state.value,
                           "trigger": event.signal.trigger.value if event.signal.trigger else None,
@@ -672,14 +692,40 @@ class Ingestor:
                 if event_row_id is not None:
                     moved_history.append(self._history_row(results[-1], event, event_row_id, now))
         updates = []
+        resolving: list[int] = []
         for key, after in snapshots.items():
-            customer_id, before = rows[key]
-            if after != before:
-                updates.append((customer_id, before, after))
+            customer = rows[key]
+            follow: dict[str, Any] = {}
+            if key in moved:
+                follow, resolve = self._moved(key[0], customer, after, now)
+                if resolve:
+                    resolving.append(customer.id)
+            if after != customer.snapshot or follow:
+                updates.append(_Update(customer, after, follow))
         if db.update_customers(cur, updates, now) != len(updates):
             raise RetryBatch()
         db.insert_history(cur, moved_history)
-        return results, changes
+        return results, changes, resolving
+
+    def _moved(self, provider: str, customer: _Customer, after: Snapshot, now: datetime
+               ) -> tuple[dict[str, Any], bool]:
+        """What follows a customer's moves in a batch (one or several, from its snapshot as read to ``after``): its
+        last signal, escalation deadline and tier (``LifecycleEffects.move_values``) and next poll. Also whether
+        its open tier alerts are to be resolved (``_follow_up`` does that)."""
+        if self.effects is None and self.policy is None:
+            return {}, False
+        from tracker.transitions import rescheduled
+
+        row = {**customer.context, "provider": provider, "id": customer.id}
+        values: dict[str, Any] = {"last_signal_at": now}
+        resolve = False
+        if self.effects is not None:
+            moved, resolve = self.effects.move_values(row, customer.snapshot, after)
+            values.update(moved)
+        if self.policy is not None:
+            decision = Decision(Outcome.APPLIED, customer.snapshot, after, "webhook")
+            values["next_poll_at"] = rescheduled(row, decision, now, self.policy, signal_at=now)
+        return values, resolve
 
     # -- rows ---------------------------------------------------------------------------------------------
 
