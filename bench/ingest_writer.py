@@ -12,7 +12,12 @@ cProfile. It prints:
 - the writer's CPU per event (the rest), next to the budget the 0.5-of-bare target of bench/ingest leaves
   for all of the tracker's work per webhook (``--bare-us``: the bare endpoint's server CPU per request,
   as bench/ingest prints it; 93-112 us on the 2-core machine of 2026-12-04);
-- the functions of tracker/ with the most time of their own and below them (cumulative), per event.
+- the functions of tracker/ with the most time of their own and below them (cumulative), per event;
+- the wall time of each statement the batch runs, per event (as many batches again, each statement timed
+  around the driver's ``execute``; COMMIT is timed around the commit);
+- a closed loop through the ``GroupCommitter`` itself, as the server drives it but without HTTP: ``--clients``
+  concurrent submitters (32, bench/ingest's connections), each sending its next webhook once the previous one
+  is acknowledged: the writer's own ceiling in webhooks/s, and the batch size it settles at.
 
     bench/ingest_writer                      # SQLite, 300 batches of 18 (bench/ingest's mean batch)
     bench/ingest_writer --backend postgres --batches 200
@@ -21,6 +26,8 @@ cProfile. It prints:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import cProfile
 import json
 import pstats
@@ -28,8 +35,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -55,6 +64,8 @@ def main() -> int:
     parser.add_argument("--bare-us", type=float, default=100.0,
                         help="bare endpoint's server CPU per request, from bench/ingest (default 100)")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--clients", type=int, default=32,
+                        help="concurrent submitters of the closed loop through the GroupCommitter (default 32)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="bench_ingest_writer_")
@@ -69,7 +80,8 @@ def main() -> int:
         container.start()
         try:
             batches = []
-            for _ in range(2 * args.batches):  # the first half timed plainly, the second under cProfile
+            # Timed plainly, under cProfile, with each statement timed, then fed to the closed loop.
+            for _ in range(4 * args.batches):
                 batch = []
                 for _ in range(args.batch):
                     body = feed.event("w")
@@ -85,10 +97,24 @@ def main() -> int:
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             profile = cProfile.Profile()
             profile.enable()
-            for batch in batches[args.batches:]:
+            for batch in batches[args.batches:2 * args.batches]:
                 ingestor.ingest(batch, conn)
             profile.disable()
+            timed = StatementTimes()
+            plain_cursor = ingestor.statements.cursor
+            ingestor.statements.cursor = timed.wrap(plain_cursor)  # type: ignore[method-assign]
+            dbapi = conn.connection.dbapi_connection
+            plain_commit = dbapi.commit
+            with contextlib.suppress(AttributeError):  # psycopg's; sqlite3's is read-only (the profile has it)
+                dbapi.commit = timed.wrap_commit(plain_commit)
+            for batch in batches[2 * args.batches:3 * args.batches]:
+                ingestor.ingest(batch, conn)
+            ingestor.statements.cursor = plain_cursor  # type: ignore[method-assign]
+            with contextlib.suppress(AttributeError):
+                dbapi.commit = plain_commit
             conn.close()
+            closed = asyncio.run(closed_loop(container, [d for batch in batches[3 * args.batches:] for d in batch],
+                                             args.clients))
         finally:
             container.stop()
             container.engine.dispose()
@@ -117,7 +143,81 @@ def main() -> int:
           f"top {args.top}:")
     for cumulative, own, where in sorted(rows, reverse=True)[:args.top]:
         print(f"    {cumulative * per:7.0f} {own * per:6.0f}  {where}")
+    print("  statements, wall time per event (us), count:")
+    if "COMMIT" not in timed.totals:
+        timed.totals["COMMIT (from the profile)"] = [args.batches, commit]
+    for name, (count, seconds) in sorted(timed.totals.items(), key=lambda kv: -kv[1][1]):
+        print(f"    {seconds * per:7.1f}  {count:5d}  {name}")
+    rate, cpu_per, mean_batch = closed
+    print(f"  closed loop, {args.clients} clients through the GroupCommitter (no HTTP): {rate:.0f} webhooks/s, "
+          f"{cpu_per:.0f} us CPU per webhook, {mean_batch:.1f} per batch")
     return 0
+
+
+class StatementTimes:
+    """Wall time per statement kind (its first words), measured around the DB-API cursor's ``execute``."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[Any]] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        entry = self.totals.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def wrap(self, make_cursor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        times = self
+
+        class Timed:
+            def __init__(self, cursor: Any) -> None:
+                self._cursor = cursor
+
+            def execute(self, sql: str, params: Any = ()) -> Any:
+                started = time.perf_counter()
+                try:
+                    return self._cursor.execute(sql, params)
+                finally:
+                    times.add(" ".join(str(sql).split()[:4])[:48], time.perf_counter() - started)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._cursor, name)
+
+        return lambda dbapi_connection: Timed(make_cursor(dbapi_connection))
+
+    def wrap_commit(self, commit: Callable[[], None]) -> Callable[[], None]:
+        def timed() -> None:
+            started = time.perf_counter()
+            try:
+                commit()
+            finally:
+                self.add("COMMIT", time.perf_counter() - started)
+        return timed
+
+
+async def closed_loop(container: Any, deliveries: list[Delivery], clients: int) -> tuple[float, float, float]:
+    """``clients`` submitters through the container's GroupCommitter, each waiting for its acknowledgement
+    before the next: webhooks/s, CPU per webhook (this process), mean batch size."""
+    pending = iter(deliveries)
+    commits = 0
+    committer = container.committer
+    plain = committer._commit
+
+    def counted(*args: Any) -> Any:
+        nonlocal commits
+        commits += 1
+        return plain(*args)
+
+    committer._commit = counted
+
+    async def client() -> None:
+        for delivery in pending:
+            await committer.submit(delivery)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    committer._commit = plain
+    return len(deliveries) / wall, cpu / len(deliveries) * 1e6, len(deliveries) / max(commits, 1)
 
 
 if __name__ == "__main__":
