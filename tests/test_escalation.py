@@ -338,6 +338,25 @@ async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_th
         container.engine.dispose()
 
 
+def test_a_new_attempt_is_told_by_its_count_even_at_the_same_instant(database_url, clock) -> None:
+    """Rejected and submitted again within one batch, under a clock that has not moved: pending_since is the
+    same, the attempt count is not. The old attempt's alerts go, the new one starts at tier none."""
+    from tracker.domain.lifecycle import Snapshot, State
+
+    container = build(make_settings(database_url), clock)
+    try:
+        row = {"provider": "blaaiz", "customer_type": "individual", "tier": "overdue"}
+        before = Snapshot(state=State.PENDING, version=3, pending_since=clock.now(), attempts=1)
+        again = Snapshot(state=State.PENDING, version=5, pending_since=clock.now(), attempts=2, rejections=1)
+        values, resolve = container.effects.move_values(row, before, again)
+        assert resolve
+        assert values["tier"] == "none"
+        assert values["deadline_at"] == clock.now() + timedelta(hours=2)
+        assert container.effects.move_values(row, before, before) == ({}, False)  # the same attempt: nothing
+    finally:
+        container.engine.dispose()
+
+
 async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url, clock) -> None:
     from tests.conftest import blaaiz_event, post_blaaiz
 

@@ -65,9 +65,9 @@ class LifecycleEffects:
         """What moving from ``before`` to ``after`` (one move, or several in a row) changes in the customer's row
         (``row`` as it was at ``before``: its ``provider``, ``customer_type`` and ``tier`` are read), and whether
         its open tier alerts are to be resolved (``on_leaving_escalated``). An attempt ends when the customer
-        leaves ``pending`` or starts another one (``pending_since`` moves); a new one starts at tier ``none``."""
-        kept = before.state is State.PENDING and after.state is State.PENDING \
-            and after.pending_since == before.pending_since
+        leaves ``pending`` or starts another one (each entry into ``pending`` counts an attempt); a new one
+        starts at tier ``none``."""
+        kept = before.state is State.PENDING and after.state is State.PENDING and after.attempts == before.attempts
         if kept:
             return {}, False
         # Tier alerts are raised in the transaction that sets the tier: a customer still at ``none`` has none
