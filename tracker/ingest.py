@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table, select
+from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tracker.clock import Clock
@@ -528,8 +528,7 @@ class Ingestor:
         if not wanted:
             return
         now = self.clock.now()
-        rows: dict[int, Mapping[str, Any] | RowMapping] = {row.id: row._mapping for row in conn.execute(
-            select(customers).where(customers.c.id.in_(sorted(wanted))).order_by(customers.c.id))}
+        rows: dict[int, Mapping[str, Any] | RowMapping] = dict(queries.customers_by_id(conn, wanted))
         for customer_id in resolving:
             if customer_id in rows:
                 self.effects.on_leaving_escalated(conn, rows[customer_id], now)
