@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -11,8 +12,18 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from tests.conftest import OLD_SECRET, blaaiz_event, post_blaaiz, register, signed_headers
+from tracker.bootstrap import Container
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
+from tracker.web.app import create_app
+
+
+@pytest.fixture(params=["fast", "full"])
+async def client(container: Container, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Every test here runs through the webhook fast path (tracker.web.fastpath) and through the full route."""
+    app = create_app(container, fast_webhooks=request.param == "fast")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tracker.test") as http:
+        yield http
 
 
 def counts(engine: Engine) -> dict[str, int]:
@@ -327,15 +338,15 @@ async def test_json_array_body_is_rejected(client, clock, engine, baseline) -> N
     await _assert_refused(client, engine, baseline, response, 400, "JSON object", stored=1)
 
 
-async def test_no_secret_configured_refuses_everything(database_url, clock) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "full"])
+async def test_no_secret_configured_refuses_everything(database_url, clock, fast: bool) -> None:
     from tests.conftest import make_settings
     from tracker.bootstrap import build
-    from tracker.web.app import create_app
 
     container = build(make_settings(database_url, blaaiz_webhook_secrets=()), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container, fast_webhooks=fast)),
                                      base_url="http://t") as http:
             response = await post_blaaiz(http, clock, blaaiz_event())
         assert response.status_code == 401
@@ -345,15 +356,15 @@ async def test_no_secret_configured_refuses_everything(database_url, clock) -> N
         container.engine.dispose()
 
 
-async def test_tolerance_zero_turns_the_window_off(database_url, clock) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "full"])
+async def test_tolerance_zero_turns_the_window_off(database_url, clock, fast: bool) -> None:
     from tests.conftest import make_settings
     from tracker.bootstrap import build
-    from tracker.web.app import create_app
 
     container = build(make_settings(database_url, blaaiz_webhook_tolerance=0), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container, fast_webhooks=fast)),
                                      base_url="http://t") as http:
             body = json.dumps(blaaiz_event()).encode()
             response = await http.post("/webhooks/blaaiz", content=body, headers=signed_headers(body, 1_000_000))
@@ -365,16 +376,16 @@ async def test_tolerance_zero_turns_the_window_off(database_url, clock) -> None:
 
 @pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:9/unreachable",
                                  "sqlite:////nonexistent-dir/for/tracker.db"])
-async def test_database_unavailable_answers_503(clock, url: str) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "full"])
+async def test_database_unavailable_answers_503(clock, url: str, fast: bool) -> None:
     """When the write cannot happen, the provider is told to retry (503), never 500 and never 200."""
     from tests.conftest import make_settings
     from tracker.bootstrap import build
-    from tracker.web.app import create_app
 
     container = build(make_settings(url), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container, fast_webhooks=fast)),
                                      base_url="http://t") as http:
             response = await post_blaaiz(http, clock, blaaiz_event("cus_9", "PROCESSING"))
             ready = await http.get("/readyz")
@@ -397,3 +408,4 @@ async def test_different_non_customer_events_are_not_duplicates(client, clock) -
     assert (await post_blaaiz(client, clock, first)).json()["status"] == "ignored"
     assert (await post_blaaiz(client, clock, second)).json()["status"] == "ignored"
     assert (await post_blaaiz(client, clock, {**second, "event_id": "evt_3"})).json()["status"] == "duplicate"
+

@@ -22,14 +22,16 @@ TOKEN = "cf-path-token-123"
 KEY, SECRET = "sim-cryptopocket-key", "sim-cryptopocket-secret"
 
 
-@pytest.fixture
-async def app_client(database_url: str, clock: FakeClock) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+@pytest.fixture(params=["fast", "full"])
+async def app_client(database_url: str, clock: FakeClock, request: pytest.FixtureRequest
+                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    """Each test runs through the webhook fast path (tracker.web.fastpath; CryptoPocket) and the full route."""
     settings = make_settings(database_url, connectfi_webhook_token=TOKEN, cryptopocket_api_key=KEY,
                              cryptopocket_api_secret=SECRET)
     container = build(settings, clock)
     container.start()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
-                                 base_url="http://tracker.test") as client:
+    app = create_app(container, fast_webhooks=request.param == "fast")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tracker.test") as client:
         yield client, container
     container.stop()
     await container.http.aclose()

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
-from tracker.web.fastpath import CustomerReadFastPath
+from tracker.web.fastpath import CustomerReadFastPath, WebhookFastPath
 from tracker.web.responses import error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -87,10 +87,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error(500, "internal", "an unexpected error happened; it has been logged")
 
 
-def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True) -> Starlette:
+def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True, fast_webhooks: bool = True
+               ) -> Starlette:
     """The app. ``worker``: also run the scheduler (polling) in this process, as ``tracker serve`` does.
-    ``fast_reads``: answer the common ``GET /v1/customers/{id}`` in ``tracker.web.fastpath`` (off only to
-    compare the two paths)."""
+    ``fast_reads``, ``fast_webhooks``: answer the common ``GET /v1/customers/{id}`` and the common webhook
+    delivery in ``tracker.web.fastpath`` (off only to compare the two paths)."""
     routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
 
@@ -106,11 +107,15 @@ def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True)
                 await container.stop_worker()
             container.stop()
 
-    middleware = [Middleware(CustomerReadFastPath, container)] if fast_reads else []
+    receivers = webhooks.receivers(container.settings)
+    middleware = [Middleware(WebhookFastPath, container, receivers)] if fast_webhooks else []
+    if fast_reads:
+        middleware.append(Middleware(CustomerReadFastPath, container))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
     })
     app.state.container = container
+    app.state.receivers = receivers
     app.state.openapi = _openapi_document()
     return app

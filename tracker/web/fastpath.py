@@ -1,4 +1,5 @@
-"""The hottest request, ``GET /v1/customers/{id}``, answered without Starlette's per-request machinery.
+"""The hottest requests, answered without Starlette's per-request machinery: provider webhooks
+(``WebhookFastPath``, at the end) and ``GET /v1/customers/{id}`` (``CustomerReadFastPath``).
 
 Dashboards poll single customers, mostly with ``If-None-Match``. Routing a request through Starlette (the
 exception middleware, the router's regex match of each route, ``Request`` and ``Response`` objects, the
@@ -16,12 +17,17 @@ the last three the full path runs the request again from the start and answers i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tracker.settings import MAX_WEBHOOK_BODY
+from tracker.web import webhooks
 from tracker.web.api import read_customer
-from tracker.web.requests import bearer_token
+from tracker.web.requests import bearer_token, is_json
+from tracker.web.webhooks import Receiver
 
 PREFIX = "/v1/customers/"
 _JSON = (b"content-type", b"application/json")
@@ -63,3 +69,53 @@ class CustomerReadFastPath:
         if body is None:
             return 304, [(b"etag", etag.encode())], b""
         return 200, [(b"etag", etag.encode()), (b"content-length", str(len(body)).encode()), _JSON], body
+
+
+class WebhookFastPath:
+    """A provider webhook (``POST /webhooks/blaaiz`` or ``/webhooks/cryptopocket``) that declares a JSON body
+    of at most ``limit`` bytes, answered without Starlette's routing, ``Request`` and ``Response`` objects.
+
+    What it answers it answers through ``tracker.web.webhooks.receive``, as the route does: the same checks,
+    the same stored event, the same reply (401, 400, 503 and 200 alike). What it does not take goes to the
+    application untouched, before any of the body is read: another route or method, no Content-Length (a
+    chunked body), a declared length over the limit (413), a body that is not JSON (415). connectFi's route
+    carries its token in the path and always takes the full path; it is polled far more than it calls us."""
+
+    PATHS = {"/webhooks/blaaiz": "blaaiz", "/webhooks/cryptopocket": "cryptopocket"}
+
+    def __init__(self, app: ASGIApp, container: Any, receivers: Mapping[str, Receiver],
+                 limit: int = MAX_WEBHOOK_BODY) -> None:
+        self.app = app
+        self.container = container
+        self.receivers = {path: receivers[name] for path, name in self.PATHS.items()}
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            receiver = self.receivers.get(scope["path"])
+            if receiver is not None:
+                headers = Headers(scope=scope)
+                length = headers.get("content-length", "")
+                if (length.isascii() and length.isdigit() and int(length) <= self.limit
+                        and "transfer-encoding" not in headers and is_json(headers.get("content-type", ""))):
+                    body = await self._body(receive)
+                    if body is None:  # the sender went away: nobody to answer
+                        return
+                    reply = await webhooks.receive(self.container, receiver, headers, {}, body)
+                    await send({"type": "http.response.start", "status": reply.status,
+                                "headers": reply.raw_headers()})
+                    await send({"type": "http.response.body", "body": reply.body})
+                    return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _body(receive: Receive) -> bytes | None:
+        # The server holds the body to its declared length, so no more than ``limit`` bytes arrive.
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)

@@ -24,8 +24,9 @@ class UnsupportedMediaType(TrackerError):
     code = "unsupported_media_type"
 
 
-def is_json(request: Request) -> bool:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type header value names JSON (``application/json`` or ``application/*+json``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
@@ -50,7 +51,7 @@ async def read_body(request: Request, limit: int = MAX_WEBHOOK_BODY) -> bytes:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    if not is_json(request):
+    if not is_json(request.headers.get("content-type", "")):
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     body = await read_body(request)
     try:

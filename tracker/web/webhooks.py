@@ -4,6 +4,10 @@ Every provider goes through the same steps: 415 unless JSON, 413 over 1 MiB (bef
 unless authenticated (signature, or connectFi's path token), then parse: a body that cannot be understood is
 stored as ``rejected`` and answered 400; anything else is stored, applied and answered 200. 503 when the
 database cannot take the write, so the provider retries.
+
+The first two steps read the request; everything from the body on is ``receive``, which knows nothing of
+Starlette: the routes below call it, and so does ``tracker.web.fastpath.WebhookFastPath``, which answers
+the common delivery without Starlette's per-request machinery. Both therefore answer alike by construction.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,92 +28,152 @@ from tracker.domain.events import ParsedEvent, ParseError
 from tracker.errors import DatabaseUnavailable, TrackerError
 from tracker.ingest import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
+from tracker.settings import Settings
 from tracker.web.requests import is_json, read_body
 from tracker.web.responses import dumps, error
 
 _EMAIL_IN_RAW = re.compile(rb'"customer_email"\s*:\s*"(?:[^"\\]|\\.)*"')
 RETRY_AFTER_SECONDS = "30"
+_JSON = (b"content-type", b"application/json")
 
-Verify = Callable[[Request, bytes, datetime], None]  # raises ValueError (a signature error) with the reason
-
-
-async def blaaiz_webhook(request: Request) -> Response:
-    settings = request.app.state.container.settings
-
-    def verify(request: Request, body: bytes, now: datetime) -> None:
-        blaaiz.verify(request.headers, body, settings.blaaiz_webhook_secrets, now, settings.blaaiz_webhook_tolerance)
-
-    return await _receive(request, blaaiz.NAME, verify, blaaiz.parse, blaaiz.scrub, (blaaiz.TIMESTAMP_HEADER,))
+# raises ValueError (a signature error) with the reason: (headers, path parameters, body, now)
+Verify = Callable[[Mapping[str, str], Mapping[str, Any], bytes, datetime], None]
 
 
-async def connectfi_webhook(request: Request) -> Response:
-    expected = request.app.state.container.settings.connectfi_webhook_token
+@dataclass(frozen=True)
+class Receiver:
+    """How one provider's deliveries are authenticated, parsed and stored."""
 
-    def verify(request: Request, body: bytes, now: datetime) -> None:
+    provider: str
+    verify: Verify
+    parse: Callable[[Any], ParsedEvent]
+    scrub: Callable[[Mapping[str, Any]], dict[str, Any]]
+    kept_headers: tuple[str, ...]  # stored with the event, besides user-agent
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] | None = None
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, headers=self.headers, media_type="application/json")
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers ``response()`` sends, in its order (the tests compare the two)."""
+        extra = self.headers or {}
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
+        raw += [(b"content-length", str(len(self.body)).encode()), _JSON]
+        return raw
+
+
+def receivers(settings: Settings) -> dict[str, Receiver]:
+    def blaaiz_verify(headers: Mapping[str, str], params: Mapping[str, Any], body: bytes, now: datetime) -> None:
+        blaaiz.verify(headers, body, settings.blaaiz_webhook_secrets, now, settings.blaaiz_webhook_tolerance)
+
+    def connectfi_verify(headers: Mapping[str, str], params: Mapping[str, Any], body: bytes, now: datetime) -> None:
         # connectFi does not sign its callbacks: the URL we hand it carries our own secret token.
+        expected = settings.connectfi_webhook_token
         if not expected:
             raise ValueError("no connectFi webhook token is configured (TRACKER_CONNECTFI_WEBHOOK_TOKEN)")
-        if not hmac.compare_digest(str(request.path_params["token"]).encode(), expected.encode()):
+        if not hmac.compare_digest(str(params.get("token", "")).encode(), expected.encode()):
             raise ValueError("the token in the URL is not the configured connectFi webhook token")
 
-    return await _receive(request, connectfi.NAME, verify, connectfi.parse, connectfi.scrub, ())
+    def cryptopocket_verify(headers: Mapping[str, str], params: Mapping[str, Any], body: bytes, now: datetime
+                            ) -> None:
+        cryptopocket.verify(headers, body, settings.cryptopocket_api_key, settings.cryptopocket_api_secret, now)
+
+    return {
+        blaaiz.NAME: Receiver(blaaiz.NAME, blaaiz_verify, blaaiz.parse, blaaiz.scrub, (blaaiz.TIMESTAMP_HEADER,)),
+        connectfi.NAME: Receiver(connectfi.NAME, connectfi_verify, connectfi.parse, connectfi.scrub, ()),
+        cryptopocket.NAME: Receiver(cryptopocket.NAME, cryptopocket_verify, cryptopocket.parse, cryptopocket.scrub,
+                                    (cryptopocket.TIMESTAMP_HEADER,)),
+    }
 
 
-async def cryptopocket_webhook(request: Request) -> Response:
-    settings = request.app.state.container.settings
-
-    def verify(request: Request, body: bytes, now: datetime) -> None:
-        cryptopocket.verify(request.headers, body, settings.cryptopocket_api_key, settings.cryptopocket_api_secret,
-                            now)
-
-    return await _receive(request, cryptopocket.NAME, verify, cryptopocket.parse, cryptopocket.scrub,
-                          (cryptopocket.TIMESTAMP_HEADER,))
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, dumps({"error": {"code": code, "message": message}}), headers)
 
 
-async def _receive(request: Request, provider: str, verify: Verify, parse: Callable[[Any], ParsedEvent],
-                   scrub: Callable[[Mapping[str, Any]], dict[str, Any]], kept_headers: tuple[str, ...]) -> Response:
-    container = request.app.state.container
+def _decode(body: bytes) -> Any:
+    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN), and for
+    the message that explains a body that is not JSON at all."""
     try:
-        if not is_json(request):
-            return error(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
-        body = await read_body(request)
-    except TrackerError as exc:
-        return error(exc.status, exc.code, exc.message)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # an integer orjson cannot write; the standard library can
+        return dumps(payload)
+
+
+async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str], params: Mapping[str, Any],
+                  body: bytes) -> Reply:
+    """Authenticate, parse, store and apply one delivery whose body has been read; the answer to send."""
+    provider = receiver.provider
     now = container.clock.now()
     try:
-        verify(request, body, now)
+        receiver.verify(headers, params, body, now)
     except ValueError as exc:
         container.metrics.observe_webhook(provider, "unauthorized")
-        return error(401, "invalid_signature", str(exc))
-    request_headers = request.headers
-    headers = {}
-    for name in (*kept_headers, "user-agent"):
-        value = request_headers.get(name)
+        return _error(401, "invalid_signature", str(exc))
+    kept = {}
+    for name in (*receiver.kept_headers, "user-agent"):
+        value = headers.get(name)
         if value is not None:
-            headers[name] = value
+            kept[name] = value
     parsed: ParsedEvent | None = None
     problem: str | None = None
     stored: bytes | None = None
     try:
-        payload: Any = json.loads(body)
+        payload: Any = _decode(body)
     except ValueError as exc:
         problem = f"the body is not valid JSON: {exc}"
     else:
         if isinstance(payload, dict):
-            stored = dumps(scrub(payload))
+            stored = _encode(receiver.scrub(payload))
         try:
-            parsed = parse(payload)
+            parsed = receiver.parse(payload)
         except ParseError as exc:
             problem = str(exc)
     if stored is None:  # not a JSON object: keep the raw body, without an e-mail address it may carry
         stored = _EMAIL_IN_RAW.sub(b'"customer_email":null', body)
-    delivery = Delivery(provider, now, stored, headers, parsed, problem)
+    delivery = Delivery(provider, now, stored, kept, parsed, problem)
     try:
         result = await container.committer.submit(delivery)
     except DatabaseUnavailable as exc:
-        return error(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
+        return _error(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
     if result.outcome == "rejected":
-        return error(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
+        return _error(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
     # What json_response({"status": ..., "event": ...}) writes, without the generic encoder on the hot path.
-    return Response(f'{{"status":"{result.status}","event":{result.event_id}}}'.encode(),
-                    media_type="application/json")
+    return Reply(200, f'{{"status":"{result.status}","event":{result.event_id}}}'.encode())
+
+
+async def blaaiz_webhook(request: Request) -> Response:
+    return await _endpoint(request, blaaiz.NAME)
+
+
+async def connectfi_webhook(request: Request) -> Response:
+    return await _endpoint(request, connectfi.NAME)
+
+
+async def cryptopocket_webhook(request: Request) -> Response:
+    return await _endpoint(request, cryptopocket.NAME)
+
+
+async def _endpoint(request: Request, provider: str) -> Response:
+    container = request.app.state.container
+    try:
+        if not is_json(request.headers.get("content-type", "")):
+            return error(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
+        body = await read_body(request)
+    except TrackerError as exc:
+        return error(exc.status, exc.code, exc.message)
+    reply = await receive(container, request.app.state.receivers[provider], request.headers, request.path_params,
+                          body)
+    return reply.response()
