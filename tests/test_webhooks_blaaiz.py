@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,8 @@ from tests.conftest import OLD_SECRET, blaaiz_event, post_blaaiz, register, sign
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
+from tracker.ingest import Delivery, _Writer
+from tracker.providers import blaaiz
 from tracker.web.app import create_app
 
 
@@ -409,3 +412,34 @@ async def test_different_non_customer_events_are_not_duplicates(client, clock) -
     assert (await post_blaaiz(client, clock, second)).json()["status"] == "ignored"
     assert (await post_blaaiz(client, clock, {**second, "event_id": "evt_3"})).json()["status"] == "duplicate"
 
+
+def test_the_sqlite_writer_checkpoints_the_wal_after_every_batch(container: Container, clock, engine) -> None:
+    """A checkpoint after each batch keeps the WAL to one batch's pages (tracker.ingest._Writer): the next
+    transaction starts the WAL afresh, so a longer interval would leave several batches' frames in it."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's WAL")
+    writer = _Writer(container.ingestor)
+
+    def batch(pcid: str) -> None:
+        payload = blaaiz_event(pcid, "PROCESSING")
+        delivery = Delivery("blaaiz", clock.now(), json.dumps(payload).encode(), {}, blaaiz.parse(payload))
+        assert writer.ingest([delivery], lambda: None)[0].outcome == "accepted"
+        writer.between_batches()
+
+    def frames() -> int:
+        raw = sqlite3.connect(str(engine.url.database))
+        try:
+            busy, log, _ = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            raw.close()
+        assert busy == 0
+        return int(log)
+
+    try:
+        batch("cus_wal_0")
+        one_batch = frames()
+        for n in range(1, 6):
+            batch(f"cus_wal_{n}")
+        assert 0 < frames() < 2 * one_batch
+    finally:
+        writer.close()

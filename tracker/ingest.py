@@ -912,9 +912,16 @@ class _Writer:
     the only writer, its checkpoint copies the whole WAL, so the next transaction starts the WAL afresh (a
     checkpoint from another thread, racing the writer, would never catch up and let the WAL grow, slowing
     every read). Durability does not change: commits are durable through the WAL (``synchronous`` as the
-    engine sets it)."""
+    engine sets it).
 
-    CHECKPOINT_EVENTS = 256  # about 2,000 WAL pages with the current schema
+    ``CHECKPOINT_EVENTS`` is 1: a checkpoint after every batch. The checkpoint runs without the GIL while the
+    event loop answers the batch and reads the next requests, copies only the pages one batch wrote (still in
+    the OS cache), and keeps the WAL a few hundred pages long. A longer interval makes each checkpoint a pause
+    that the requests queued behind it all wait out. bench/ingest on SQLite (10 s, 2026-12-05): every 1,024
+    events 2,818 webhooks/s, p99 36.5 ms; every 256 (before) 2,739, 29.5 ms; every 64 3,016, 17.5 ms; every
+    batch 3,453, 12.6 ms."""
+
+    CHECKPOINT_EVENTS = 1
     BACKSTOP_PAGES = 10_000  # SQLite checkpoints inside a commit past this (about 40 MB of WAL)
 
     def __init__(self, ingestor: Ingestor) -> None:
