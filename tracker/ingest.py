@@ -8,8 +8,8 @@ is stored with outcome ``error`` and no ``processed_at``, so ``tracker replay`` 
 
 This is the service's hot path (bench/ingest measures it). A batch runs a fixed handful of statements,
 whatever its size, on the driver's own cursor inside the SQLAlchemy transaction (``_Statements``: no per-row
-SQLAlchemy work, few GIL hand-overs). Writer threads keep their connection between batches; PostgreSQL gets
-several writers, SQLite one, which also checkpoints the WAL between batches, after their acknowledgements.
+SQLAlchemy work, few GIL hand-overs). The writer thread keeps its connection between batches; on SQLite it
+also checkpoints the WAL between batches, after their acknowledgements.
 Everything else uses ``tracker.db.queries``.
 """
 
@@ -131,8 +131,6 @@ NEW_CUSTOMER_COLUMNS = ("provider", "provider_customer_id", "customer_type", "st
                         "created_at", "updated_at", "tier", "attempts", "rejections")
 _UPDATE_TIMES = frozenset(n for n in (*queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS)
                           if isinstance(customers.c[n].type, UTCDateTime))
-# Writer threads of a GroupCommitter on PostgreSQL (SQLite: one).
-POSTGRES_WRITERS = 2
 # Customer update: key, expected version, then the snapshot, what follows a move, and updated_at.
 UPDATE_COLUMNS = ("id", "_old_version", *queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS, "updated_at")
 
@@ -429,19 +427,17 @@ class Ingestor:
 
     # -- entry points -------------------------------------------------------------------------------------
 
-    def ingest(self, deliveries: Sequence[Delivery], conn: Connection | None = None,
-               locked: Callable[[], None] | None = None) -> list[IngestResult]:
+    def ingest(self, deliveries: Sequence[Delivery], conn: Connection | None = None) -> list[IngestResult]:
         """Store and apply ``deliveries`` in one transaction, on ``conn`` (from ``connect``) or a connection
-        of its own; ``locked`` is called once the transaction holds the locks on the customers it touches.
-        Raises ``DatabaseUnavailable``."""
+        of its own. Raises ``DatabaseUnavailable``."""
         statements = self.statements
         for attempt in range(5):
             try:
                 if conn is None:
                     with self.connect() as own:
-                        results, changes = self._transaction(own, deliveries, locked)
+                        results, changes = self._transaction(own, deliveries)
                 else:
-                    results, changes = self._transaction(conn, deliveries, locked)
+                    results, changes = self._transaction(conn, deliveries)
                 break
             except (IntegrityError, statements.integrity_error, RetryBatch) as exc:
                 # A concurrent writer (another thread or process) stored the same event or moved the same
@@ -496,13 +492,13 @@ class Ingestor:
 
     # -- the transaction ----------------------------------------------------------------------------------
 
-    def _transaction(self, conn: Connection, deliveries: Sequence[Delivery], locked: Callable[[], None] | None
+    def _transaction(self, conn: Connection, deliveries: Sequence[Delivery]
                      ) -> tuple[list[IngestResult], list[dict[str, Any]]]:
         with conn.begin():
             # The driver's cursor, inside the transaction SQLAlchemy began (and will commit or roll back).
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                results, changes, resolving = self._ingest(cursor, deliveries, locked)
+                results, changes, resolving = self._ingest(cursor, deliveries)
             finally:
                 cursor.close()
             notable = [(result.customer_id, delivery.parsed, result.outcome)
@@ -553,7 +549,7 @@ class Ingestor:
                 self.effects.on_unknown(conn, row, raw, now)
         queries.update_customers(conn, list(flagged.values()))
 
-    def _ingest(self, cur: Any, deliveries: Sequence[Delivery], locked: Callable[[], None] | None = None
+    def _ingest(self, cur: Any, deliveries: Sequence[Delivery]
                 ) -> tuple[list[IngestResult], list[dict[str, Any]], list[int]]:
         db = self.statements
         now = self.clock.now()
@@ -592,7 +588,7 @@ class Ingestor:
             fresh.append(index)
 
         applied_list, changes, resolving = self._apply(
-            cur, [(None, deliveries[i].parsed) for i in fresh], now, found, locked)  # type: ignore[misc]
+            cur, [(None, deliveries[i].parsed) for i in fresh], now, found)  # type: ignore[misc]
         applied = dict(zip(fresh, applied_list, strict=True))
 
         rows: list[tuple[Any, ...]] = []
@@ -629,13 +625,12 @@ class Ingestor:
         return results, changes, resolving
 
     def _apply(self, cur: Any, items: Sequence[tuple[int | None, ParsedEvent]], now: datetime,
-               prefetched: dict[str, dict[str, _Customer]] | None = None,
-               locked: Callable[[], None] | None = None
+               prefetched: dict[str, dict[str, _Customer]] | None = None
                ) -> tuple[list[_Applied], list[dict[str, Any]], list[int]]:
         """Decide every event against its customer (in order), write customers (with what follows each move,
         ``_moved``) and, for reprocessing, history. ``prefetched``: the customers already read and locked, by
-        provider; ``locked`` is called once every customer is locked (new ones inserted). Returns the per-event
-        results, the change notices and the customers whose open tier alerts are to be resolved."""
+        provider. Returns the per-event results, the change notices and the customers whose open tier alerts
+        are to be resolved."""
         db = self.statements
         by_provider: dict[str, set[str]] = {}
         for _, event in items:
@@ -652,8 +647,6 @@ class Ingestor:
                 db.insert_customers(cur, [self._discovered(provider, pcid, now) for pcid in sorted(missing)])
                 found.update(db.lock_customers(cur, provider, list(missing)))
             rows.update({(provider, pcid): row for pcid, row in found.items()})
-        if locked is not None:
-            locked()
 
         snapshots: dict[tuple[str, str], Snapshot] = {}
         moved: set[tuple[str, str]] = set()  # customers that moved in this batch
@@ -803,46 +796,39 @@ class Ingestor:
 
 
 class GroupCommitter:
-    """Feeds deliveries from many request tasks to writer threads; a writer commits whatever has queued up in
-    one transaction and then answers every waiting request. Each writer keeps its database connection between
+    """Feeds deliveries from many request tasks to one writer thread, which commits whatever has queued up in
+    one transaction and then answers every waiting request. The writer keeps its database connection between
     batches (and opens a new one after a failure).
 
-    SQLite has one writer at a time, so it gets one writer thread. PostgreSQL gets several (``writers``): while
-    one batch waits for the server (statements, the commit's WAL flush), the next is already being decided, and
-    the server's own group commit flushes several batches at once. Writers take batches from one queue, in
-    turn: a writer hands the turn on only once its batch holds its row locks, so a later batch that touches the
-    same customer waits for the earlier one to commit, and each customer's deliveries are applied in the order
-    they arrived, as with one writer. Batches lock customers in id order; a batch that collides with another
-    process's (the same event, a moved row) is run again.
+    One writer per process, on both backends. SQLite has one writer at a time anyway. On PostgreSQL a second
+    writer thread (taking turns so that each customer's deliveries stay in order) gave no more webhooks/s
+    under bench/ingest and cost a quarter more CPU per webhook, in the process and in the server, with a worse
+    p99 (2026-12-05, four interleaved 10 s runs: 2 writers 2,610 and 2,705 webhooks/s, p99 23.9 and 21.5 ms,
+    263 + 199 us CPU; 1 writer 2,564 and 2,497, p99 21.2 and 18.3 ms, 207 + 160 us): its smaller batches cost
+    more per event than the overlap saved. Several processes (``tracker serve`` twice) still write at once:
+    batches lock customers in id order, and a batch that collides with another process's (the same event, a
+    moved row) is run again.
     """
 
-    def __init__(self, ingestor: Ingestor, max_batch: int = 256, writers: int | None = None) -> None:
+    def __init__(self, ingestor: Ingestor, max_batch: int = 256) -> None:
         self.ingestor = ingestor
         self.max_batch = max_batch
-        if writers is None:
-            writers = 1 if ingestor.engine.dialect.name == "sqlite" else POSTGRES_WRITERS
-        self.writers = writers
         self._queue: queue.SimpleQueue[tuple[Delivery, asyncio.Future[IngestResult]] | None] = queue.SimpleQueue()
-        self._turn = threading.Lock()  # held from taking a batch until the batch holds its locks
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self._threads:
-            self._threads = [threading.Thread(target=self._run, name=f"tracker-ingest-{n}", daemon=True)
-                             for n in range(self.writers)]
-            for thread in self._threads:
-                thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tracker-ingest", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
-        if self._threads:
-            for _ in self._threads:
-                self._queue.put(None)  # after everything already queued: that is committed first
-            for thread in self._threads:
-                thread.join(timeout=10)
-            self._threads = []
+        if self._thread is not None:
+            self._queue.put(None)  # after everything already queued: that is committed first
+            self._thread.join(timeout=10)
+            self._thread = None
 
     async def submit(self, delivery: Delivery) -> IngestResult:
-        if not self._threads:
+        if self._thread is None:
             raise RuntimeError("GroupCommitter is not started")
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._queue.put((delivery, future))
@@ -853,34 +839,29 @@ class GroupCommitter:
         stopping = False
         try:
             while not stopping:
-                turn = _Turn(self._turn)
-                try:
-                    item = self._queue.get()
-                    if item is None:
+                item = self._queue.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < self.max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
                         break
-                    batch = [item]
-                    while len(batch) < self.max_batch:
-                        try:
-                            more = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if more is None:
-                            stopping = True
-                            break
-                        batch.append(more)
-                    self._commit(writer, batch, turn.release)
-                finally:
-                    turn.release()
+                    if more is None:
+                        stopping = True
+                        break
+                    batch.append(more)
+                self._commit(writer, batch)
                 writer.between_batches()
         finally:
             writer.close()
 
-    def _commit(self, writer: _Writer, batch: list[tuple[Delivery, asyncio.Future[IngestResult]]],
-                locked: Callable[[], None]) -> None:
+    def _commit(self, writer: _Writer, batch: list[tuple[Delivery, asyncio.Future[IngestResult]]]) -> None:
         outcome: list[IngestResult] | BaseException
         started = time.perf_counter()
         try:
-            outcome = writer.ingest([delivery for delivery, _ in batch], locked)
+            outcome = writer.ingest([delivery for delivery, _ in batch])
             if self.ingestor.metrics is not None:
                 self.ingestor.metrics.ingest_batch.observe(len(batch))
                 self.ingestor.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -931,7 +912,7 @@ class _Writer:
         self._conn: Connection | None = None
         self._events = 0
 
-    def ingest(self, deliveries: list[Delivery], locked: Callable[[], None]) -> list[IngestResult]:
+    def ingest(self, deliveries: list[Delivery]) -> list[IngestResult]:
         try:
             if self._conn is None:
                 conn = self.ingestor.connect()
@@ -939,7 +920,7 @@ class _Writer:
                     conn.connection.driver_connection.execute(  # type: ignore[union-attr]
                         f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
                 self._conn = conn
-            results = self.ingestor.ingest(deliveries, self._conn, locked)
+            results = self.ingestor.ingest(deliveries, self._conn)
             self._events += len(deliveries)
             return results
         except Exception:
@@ -964,19 +945,6 @@ class _Writer:
                     conn.connection.driver_connection.execute(  # type: ignore[union-attr]
                         "PRAGMA wal_autocheckpoint=1000")
                 conn.close()
-
-
-class _Turn:
-    """A writer's turn at taking a batch: released once, when its batch holds its locks (or has failed)."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        lock.acquire()
-        self._lock: threading.Lock | None = lock
-
-    def release(self) -> None:
-        if self._lock is not None:
-            lock, self._lock = self._lock, None
-            lock.release()
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[IngestResult], Any]]) -> None:
