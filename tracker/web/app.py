@@ -108,9 +108,10 @@ def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True,
             container.stop()
 
     receivers = webhooks.receivers(container.settings)
-    middleware = [Middleware(WebhookFastPath, container, receivers)] if fast_webhooks else []
-    if fast_reads:
-        middleware.append(Middleware(CustomerReadFastPath, container))
+    # The first is outermost: the customer read, whose budget against bare is the tighter, goes first.
+    middleware = [Middleware(CustomerReadFastPath, container)] if fast_reads else []
+    if fast_webhooks:
+        middleware.append(Middleware(WebhookFastPath, container, receivers))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
