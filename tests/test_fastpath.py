@@ -3,6 +3,7 @@ as the full Starlette path does, and hand everything they do not answer to the a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
@@ -232,3 +233,22 @@ async def test_a_sender_that_goes_away_mid_body_gets_nothing_and_nothing_is_stor
     assert sent == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM inbound_events")).scalar_one() == 0
+
+
+async def test_an_unexpected_failure_on_the_webhook_fast_path_is_a_json_500_as_on_the_full_path(
+        container: Any, clock: FakeClock) -> None:
+    def broken(payload: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    now = int(clock.now().timestamp())
+    body = json.dumps(blaaiz_event()).encode()
+    answers = []
+    for fast in (True, False):
+        app = create_app(container, fast_webhooks=fast)
+        app.state.receivers["blaaiz"] = dataclasses.replace(app.state.receivers["blaaiz"], parse=broken)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                     base_url="http://t") as http:
+            answers.append(await http.post("/webhooks/blaaiz", content=body, headers=signed_headers(body, now)))
+    assert answers[0].status_code == 500
+    assert answers[0].json()["error"]["code"] == "internal"
+    assert answer(answers[0]) == answer(answers[1])

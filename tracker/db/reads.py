@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -98,20 +98,15 @@ class CustomerReads:
         self._decode = _decoder(API_COLUMNS, self.sqlite)
         self._rows = _PointQuery(self, API_COLUMNS)
         self._keys = _PointQuery(self, KEY_COLUMNS)
+        # The point reads themselves, without a coroutine around each (GET /v1/customers/{id} is the hottest
+        # request): ``get`` gives one customer's ``API_COLUMNS``, ``key`` its id, version and tier (its ETag);
+        # either None when there is no such customer.
+        self.get: Callable[[int], Awaitable[Row | None]] = self._rows.get
+        self.key: Callable[[int], Awaitable[Row | None]] = self._keys.get
         self._local = threading.local()
         self._opened: list[Any] = []
         self._opened_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_all, self._opened, self._opened_lock)
-
-    # -- point reads ----------------------------------------------------------------------------------------
-
-    async def get(self, customer_id: int) -> Row | None:
-        """One customer's ``API_COLUMNS``, or None."""
-        return await self._rows.get(customer_id)
-
-    async def key(self, customer_id: int) -> Row | None:
-        """One customer's id, version and tier (its ETag), or None."""
-        return await self._keys.get(customer_id)
 
     def close(self) -> None:
         """Close the kept connections and the batching thread (also done when garbage collected)."""

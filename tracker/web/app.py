@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
@@ -84,7 +84,23 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error(500, "internal", "an unexpected error happened; it has been logged")
+    return webhooks.UNEXPECTED.response()
+
+
+class _App(Starlette):
+    """Starlette, with the fast paths (``tracker.web.fastpath``) in front of its whole middleware stack: what
+    they answer skips even Starlette's own entry and error middleware; everything else enters Starlette as
+    usual. They catch their own errors and hand the request on, so the error middleware is not missed."""
+
+    def __init__(self, fast: Sequence[Callable[[ASGIApp], ASGIApp]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        entry: ASGIApp = super().__call__
+        for wrap in reversed(fast):
+            entry = wrap(entry)
+        self._entry = entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
 
 
 def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True, fast_webhooks: bool = True
@@ -108,11 +124,12 @@ def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True,
             container.stop()
 
     receivers = webhooks.receivers(container.settings)
-    # The first is outermost: the customer read, whose budget against bare is the tighter, goes first.
-    middleware = [Middleware(CustomerReadFastPath, container)] if fast_reads else []
+    fast: list[Callable[[ASGIApp], ASGIApp]] = []  # the first is outermost
+    if fast_reads:  # whose budget against bare is the tighter
+        fast.append(lambda inner: CustomerReadFastPath(inner, container))
     if fast_webhooks:
-        middleware.append(Middleware(WebhookFastPath, container, receivers))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
+        fast.append(lambda inner: WebhookFastPath(inner, container, receivers))
+    app = _App(fast, routes=routes, lifespan=lifespan, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
     })

@@ -17,6 +17,7 @@ the last three the full path runs the request again from the start and answers i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from tracker.web import webhooks
 from tracker.web.api import read_customer
 from tracker.web.requests import bearer_token, is_json
 from tracker.web.webhooks import Receiver
+
+log = logging.getLogger("tracker.web")
 
 PREFIX = "/v1/customers/"
 _JSON = (b"content-type", b"application/json")
@@ -87,13 +90,14 @@ class WebhookFastPath:
                  limit: int = MAX_WEBHOOK_BODY) -> None:
         self.app = app
         self.container = container
-        self.receivers = {path: receivers[name] for path, name in self.PATHS.items()}
+        self.receivers = receivers  # the application's (app.state.receivers), read per request
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            receiver = self.receivers.get(scope["path"])
-            if receiver is not None:
+            provider = self.PATHS.get(scope["path"])
+            if provider is not None:
+                receiver = self.receivers[provider]
                 headers = Headers(scope=scope)
                 length = headers.get("content-length", "")
                 if (length.isascii() and length.isdigit() and int(length) <= self.limit
@@ -101,7 +105,11 @@ class WebhookFastPath:
                     body = await self._body(receive)
                     if body is None:  # the sender went away: nobody to answer
                         return
-                    reply = await webhooks.receive(self.container, receiver, headers, {}, body)
+                    try:
+                        reply = await webhooks.receive(self.container, receiver, headers, {}, body)
+                    except Exception:  # what the application's error handler would answer; nothing has been sent
+                        log.exception("unexpected error on POST %s", scope["path"])
+                        reply = webhooks.UNEXPECTED
                     await send({"type": "http.response.start", "status": reply.status,
                                 "headers": reply.raw_headers()})
                     await send({"type": "http.response.body", "body": reply.body})

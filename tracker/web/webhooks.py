@@ -96,6 +96,10 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
     return Reply(status, dumps({"error": {"code": code, "message": message}}), headers)
 
 
+# What the application's catch-all error handler answers (tracker.web.app), for the fast path's own failures.
+UNEXPECTED = _error(500, "internal", "an unexpected error happened; it has been logged")
+
+
 def _decode(body: bytes) -> Any:
     """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN), and for
     the message that explains a body that is not JSON at all."""
