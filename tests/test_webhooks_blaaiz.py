@@ -443,3 +443,16 @@ def test_the_sqlite_writer_checkpoints_the_wal_after_every_batch(container: Cont
         assert 0 < frames() < 2 * one_batch
     finally:
         writer.close()
+
+
+async def test_an_escaped_lone_surrogate_is_refused_as_unreadable_and_stored(client, clock, engine, baseline
+                                                                             ) -> None:
+    """Valid JSON to the standard library, but not text: 400 and stored as rejected, never a 500."""
+    body = json.dumps(blaaiz_event("cus_1", "REJECTED", comment="PLACEHOLDER")).encode()
+    body = body.replace(b"PLACEHOLDER", b"blurred \\ud800 scan")
+    response = await post_blaaiz(client, clock, body)
+    await _assert_refused(client, engine, baseline, response, 400, "unpaired UTF-16 surrogate", stored=1)
+    with engine.connect() as conn:
+        row = conn.execute(select(inbound_events)).one()
+    assert row.outcome == "rejected"
+    assert b"someone@example.invalid" not in bytes(row.body)

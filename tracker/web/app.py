@@ -90,7 +90,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 class _App(Starlette):
     """Starlette, with the fast paths (``tracker.web.fastpath``) in front of its whole middleware stack: what
     they answer skips even Starlette's own entry and error middleware; everything else enters Starlette as
-    usual. They catch their own errors and hand the request on, so the error middleware is not missed."""
+    usual. Neither lets an error out: the read path hands a failed read on to the route, and the webhook path
+    answers the JSON 500 that the catch-all handler (``_unexpected``) would."""
 
     def __init__(self, fast: Sequence[Callable[[ASGIApp], ASGIApp]], **kwargs: Any) -> None:
         super().__init__(**kwargs)

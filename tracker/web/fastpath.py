@@ -4,10 +4,10 @@
 Dashboards poll single customers, mostly with ``If-None-Match``. Routing a request through Starlette (the
 exception middleware, the router's regex match of each route, ``Request`` and ``Response`` objects, the
 ``send`` wrappers) costs about as much as the read itself, so this ASGI middleware, which sits in front of
-the router, answers the common case directly: a GET of ``/v1/customers/<digits>`` with a bearer key that
-``ApiKeys`` verified recently (its cache; no database access) and a customer that exists. Both paths read
-through ``tracker.web.api.read_customer``, so the answer is the same, byte for byte and header for header
-(the tests compare them).
+all of Starlette (``tracker.web.app._App``), answers the common case directly: a GET of
+``/v1/customers/<digits>`` with a bearer key that ``ApiKeys`` verified recently (its cache; no database
+access) and a customer that exists. Both paths read through ``tracker.web.api.read_customer``, so the answer
+is the same, byte for byte and header for header (the tests compare them).
 
 Anything else goes to the application untouched: another route, no key or a key not in the cache (the full
 path authenticates it and fills the cache), too small a scope, an unknown customer, a database error. For

@@ -101,12 +101,21 @@ UNEXPECTED = _error(500, "internal", "an unexpected error happened; it has been 
 
 
 def _decode(body: bytes) -> Any:
-    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN), and for
-    the message that explains a body that is not JSON at all."""
+    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN, UTF-16),
+    and for the message that explains a body that is not JSON at all. Raises ValueError with the reason.
+
+    An escaped lone surrogate (``"\\ud800"``) is valid JSON to the standard library, but no text column can
+    store it: such a body is refused as unreadable (400, stored raw as ``rejected``), not a 500."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)
+        payload = json.loads(body)
+    try:
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("it contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text"
+                         ) from None
+    return payload
 
 
 def _encode(payload: dict[str, Any]) -> bytes:
