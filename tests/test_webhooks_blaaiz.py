@@ -456,3 +456,19 @@ async def test_an_escaped_lone_surrogate_is_refused_as_unreadable_and_stored(cli
         row = conn.execute(select(inbound_events)).one()
     assert row.outcome == "rejected"
     assert b"someone@example.invalid" not in bytes(row.body)
+
+
+@pytest.mark.parametrize(("field", "event"), [
+    ("event_id", lambda: blaaiz_event("cus_1", "PROCESSING", event_id="e" * 129)),
+    ("customer id", lambda: blaaiz_event("c" * 129, "PROCESSING")),
+    ("status", lambda: blaaiz_event("cus_1", "X" * 65)),
+    ("event_type", lambda: {**blaaiz_event("cus_1", "PROCESSING"), "event_type": "t" * 65}),
+], ids=["event_id", "customer_id", "status", "event_type"])
+async def test_a_field_longer_than_the_tracker_stores_is_refused_and_the_next_delivery_goes_through(
+        client, clock, engine, baseline, field: str, event: Any) -> None:
+    """On PostgreSQL such a row would fail its whole batch, again at every retry; SQLite would take it."""
+    response = await post_blaaiz(client, clock, event())
+    await _assert_refused(client, engine, baseline, response, 400, f"{field} is ", stored=1)
+    assert "stores at most" in response.json()["error"]["message"]
+    after = await post_blaaiz(client, clock, blaaiz_event("cus_after", "PROCESSING", event_id="e" * 128))
+    assert after.json()["status"] == "accepted"

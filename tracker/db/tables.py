@@ -9,6 +9,7 @@ from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBina
 from sqlmodel import Field, SQLModel
 
 from tracker.db.types import UTCDateTime
+from tracker.domain.events import MAX_CUSTOMER_ID, MAX_EVENT_ID, MAX_EVENT_TYPE, MAX_STATUS
 
 metadata = SQLModel.metadata
 metadata.naming_convention = {
@@ -53,12 +54,12 @@ class Customer(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     provider: str = Field(sa_column=Column(String(32), nullable=False))
-    provider_customer_id: str = Field(sa_column=Column(String(128), nullable=False))
+    provider_customer_id: str = Field(sa_column=Column(String(MAX_CUSTOMER_ID), nullable=False))
     customer_type: str = Field(sa_column=Column(String(16), nullable=False))
     reference: str | None = Field(default=None, sa_column=Column(String(128)))
     application_id: str | None = Field(default=None, sa_column=Column(String(128)))
     state: str = Field(sa_column=Column(String(32), nullable=False))
-    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(MAX_STATUS)))
     tier: str = Field(default="none", sa_column=Column(String(16), nullable=False, server_default="none"))
     pending_since: datetime | None = Field(default=None, sa_column=_ts())
     decided_at: datetime | None = Field(default=None, sa_column=_ts())
@@ -179,12 +180,12 @@ class InboundEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     provider: str = Field(sa_column=Column(String(32), nullable=False))
-    event_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    event_id: str | None = Field(default=None, sa_column=Column(String(MAX_EVENT_ID)))
     fingerprint: str | None = Field(default=None, sa_column=Column(String(64)))
-    event_type: str | None = Field(default=None, sa_column=Column(String(64)))
-    provider_customer_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    event_type: str | None = Field(default=None, sa_column=Column(String(MAX_EVENT_TYPE)))
+    provider_customer_id: str | None = Field(default=None, sa_column=Column(String(MAX_CUSTOMER_ID)))
     customer_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("customers.id")))
-    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(MAX_STATUS)))
     provider_time: datetime | None = Field(default=None, sa_column=_ts())
     headers: str | None = Field(default=None, sa_column=Column(Text))  # JSON of the headers we need
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -209,7 +210,7 @@ class HistoryRow(SQLModel, table=True):
     trigger: str = Field(sa_column=Column(String(32), nullable=False))
     source: str = Field(sa_column=Column(String(16), nullable=False))
     event_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("inbound_events.id")))
-    provider_status: str | None = Field(default=None, sa_column=Column(String(64)))
+    provider_status: str | None = Field(default=None, sa_column=Column(String(MAX_STATUS)))
     provider_time: datetime | None = Field(default=None, sa_column=_ts())
     recorded_at: datetime = Field(sa_column=_ts(nullable=False))
     actor: str | None = Field(default=None, sa_column=Column(String(128)))

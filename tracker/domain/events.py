@@ -11,6 +11,15 @@ class ParseError(ValueError):
     """A payload that cannot be understood. The message says what is wrong, for the 400 answer and the inbox."""
 
 
+# The longest value the tracker stores for each field (tracker.db.tables sizes its columns with these). A longer
+# one is refused when the event is parsed (400, stored raw as ``rejected``): PostgreSQL would refuse the row,
+# failing the whole batch it came in, again at every retry of the provider.
+MAX_EVENT_ID = 128
+MAX_EVENT_TYPE = 64
+MAX_CUSTOMER_ID = 128
+MAX_STATUS = 64
+
+
 @dataclass(frozen=True)
 class ParsedEvent:
     """One inbound provider event, parsed. ``signal`` is None when the event is not about a customer's review."""
@@ -24,3 +33,12 @@ class ParsedEvent:
     signal: Signal | None
     ignore_reason: str | None = None
     unknown_status: bool = False
+
+    def __post_init__(self) -> None:
+        status = self.signal.provider_status if self.signal is not None else None
+        for name, value, limit in (("event_id", self.event_id, MAX_EVENT_ID),
+                                   ("event_type", self.event_type, MAX_EVENT_TYPE),
+                                   ("customer id", self.provider_customer_id, MAX_CUSTOMER_ID),
+                                   ("status", status, MAX_STATUS)):
+            if value is not None and len(value) > limit:
+                raise ParseError(f"{name} is {len(value)} characters long; the tracker stores at most {limit}")
