@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from tests.conftest import OLD_SECRET, blaaiz_event, post_blaaiz, register, sign
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
+from tracker.errors import DatabaseUnavailable
 from tracker.ingest import Delivery, _Writer
 from tracker.providers import blaaiz
 from tracker.web.app import create_app
@@ -472,3 +474,67 @@ async def test_a_field_longer_than_the_tracker_stores_is_refused_and_the_next_de
     assert "stores at most" in response.json()["error"]["message"]
     after = await post_blaaiz(client, clock, blaaiz_event("cus_after", "PROCESSING", event_id="e" * 128))
     assert after.json()["status"] == "accepted"
+
+
+@pytest.mark.parametrize(("field", "event"), [
+    ("comment", lambda: blaaiz_event("cus_1", "REJECTED", comment="blurred\u0000scan")),
+    ("customer id", lambda: blaaiz_event("cus\u0000x", "PROCESSING")),
+    ("event_id", lambda: blaaiz_event("cus_1", "PROCESSING", event_id="evt\u0000")),
+], ids=["comment", "customer_id", "event_id"])
+async def test_a_nul_character_is_refused_and_the_next_delivery_goes_through(
+        client, clock, engine, baseline, field: str, event: Any) -> None:
+    """PostgreSQL's text cannot hold NUL: such a row would fail its whole batch, at every retry."""
+    response = await post_blaaiz(client, clock, event())
+    await _assert_refused(client, engine, baseline, response, 400, f"{field} contains a NUL character", stored=1)
+    after = await post_blaaiz(client, clock, blaaiz_event("cus_after", "PROCESSING"))
+    assert after.json()["status"] == "accepted"
+
+
+async def test_a_delivery_that_cannot_be_stored_fails_alone_not_its_whole_batch(container: Container, clock
+                                                                                 ) -> None:
+    """Something in one delivery (here a header value that is not text, as a bug might produce) fails the
+    batch's transaction: the others are stored one at a time and answered; only that one is told to retry."""
+    committer = container.committer
+    writer = _Writer(container.ingestor)
+    loop = asyncio.get_running_loop()
+
+    def delivery(pcid: str, headers: dict[str, Any]) -> Delivery:
+        payload = blaaiz_event(pcid, "PROCESSING")
+        return Delivery("blaaiz", clock.now(), json.dumps(payload).encode(), headers, blaaiz.parse(payload))
+
+    batch = [(delivery(f"cus_batch_{n}", {"user-agent": object()} if n == 2 else {}), loop.create_future())
+             for n in range(5)]
+    try:
+        await asyncio.to_thread(committer._commit, writer, batch)
+        outcomes = [await asyncio.gather(future, return_exceptions=True) for _, future in batch]
+    finally:
+        writer.close()
+    results = [outcome[0] for outcome in outcomes]
+    assert isinstance(results[2], DatabaseUnavailable)
+    assert [r.outcome for n, r in enumerate(results) if n != 2] == ["accepted"] * 4
+    with container.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(inbound_events)).scalar_one() == 4
+
+
+def test_an_unreachable_or_locked_database_fails_the_batch_without_one_at_a_time_retries(container: Container
+                                                                                          ) -> None:
+    """Storing one at a time helps only when the batch held the fault; a database that cannot be written at all
+    would be asked once per delivery (each waiting its busy timeout or connect timeout)."""
+    from sqlalchemy.exc import OperationalError, StatementError
+
+    dbapi = container.engine.dialect.loaded_dbapi
+
+    def raised(exc: BaseException) -> BaseException:
+        try:
+            try:
+                raise exc
+            except BaseException as inner:
+                raise DatabaseUnavailable("the database cannot take the write right now") from inner
+        except DatabaseUnavailable as outer:
+            return outer
+
+    committer = container.committer
+    assert committer._environmental(raised(OperationalError("BEGIN", {}, dbapi.OperationalError("locked"))))
+    assert committer._environmental(raised(dbapi.OperationalError("connection refused")))
+    assert not committer._environmental(raised(StatementError("bad value", "INSERT", {}, ValueError("NUL"))))
+    assert not committer._environmental(raised(TypeError("not JSON serializable")))

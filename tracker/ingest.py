@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tracker.clock import Clock
 from tracker.db import queries
@@ -858,29 +858,60 @@ class GroupCommitter:
             writer.close()
 
     def _commit(self, writer: _Writer, batch: list[tuple[Delivery, asyncio.Future[IngestResult]]]) -> None:
-        outcome: list[IngestResult] | BaseException
+        outcome: list[IngestResult | BaseException]
+        deliveries = [delivery for delivery, _ in batch]
         started = time.perf_counter()
         try:
-            outcome = writer.ingest([delivery for delivery, _ in batch])
+            outcome = list(writer.ingest(deliveries))
             if self.ingestor.metrics is not None:
                 self.ingestor.metrics.ingest_batch.observe(len(batch))
                 self.ingestor.metrics.ingest_seconds.observe(time.perf_counter() - started)
         except Exception as exc:
-            if isinstance(exc, DBAPIError):  # could not even connect
-                log.warning("database unavailable for a batch of %d deliveries: %s", len(batch),
-                            type(exc.orig).__name__ if exc.orig else exc)
-                exc = DatabaseUnavailable("the database cannot take the write right now; retry later")
-            elif not isinstance(exc, DatabaseUnavailable):
-                log.exception("storing a batch of %d deliveries failed", len(batch))
-                exc = DatabaseUnavailable("the event could not be stored; retry later")
-            outcome = exc
+            if len(batch) > 1 and not self._environmental(exc):
+                # Something in the batch, not the database's state: one delivery must not fail the others (and
+                # again at every retry of its sender). Each is stored alone; only what fails alone fails.
+                log.warning("a batch of %d deliveries failed (%s); storing them one at a time", len(batch),
+                            type(exc).__name__)
+                outcome = [self._alone(writer, delivery) for delivery in deliveries]
+            else:
+                outcome = [self._unavailable(exc, len(batch))] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}
-        for position, (_, future) in enumerate(batch):
-            value = outcome if isinstance(outcome, BaseException) else outcome[position]
+        for (_, future), value in zip(batch, outcome, strict=True):
             by_loop.setdefault(future.get_loop(), []).append((future, value))
         for loop, pairs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve, pairs)
+
+    def _alone(self, writer: _Writer, delivery: Delivery) -> IngestResult | BaseException:
+        try:
+            return writer.ingest([delivery])[0]
+        except Exception as exc:
+            return self._unavailable(exc, 1)
+
+    @staticmethod
+    def _unavailable(exc: Exception, count: int) -> DatabaseUnavailable:
+        """What the senders are told (503, retry later), the cause logged."""
+        if isinstance(exc, DatabaseUnavailable):
+            return exc
+        if isinstance(exc, DBAPIError):  # could not even connect
+            log.warning("database unavailable for a batch of %d deliveries: %s", count,
+                        type(exc.orig).__name__ if exc.orig else exc)
+            return DatabaseUnavailable("the database cannot take the write right now; retry later")
+        log.error("storing a batch of %d deliveries failed", count, exc_info=exc)
+        return DatabaseUnavailable("the event could not be stored; retry later")
+
+    def _environmental(self, exc: BaseException) -> bool:
+        """Whether a failure is the database's state (unreachable, locked, shutting down, out of space: an
+        OperationalError, or a dropped connection, anywhere in its causes) rather than something in the batch."""
+        operational = (OperationalError, self.ingestor.engine.dialect.loaded_dbapi.OperationalError)
+        seen: BaseException | None = exc
+        for _ in range(10):
+            if seen is None:
+                return False
+            if isinstance(seen, operational) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
 
 
 class _Writer:

@@ -35,10 +35,17 @@ class ParsedEvent:
     unknown_status: bool = False
 
     def __post_init__(self) -> None:
-        status = self.signal.provider_status if self.signal is not None else None
+        """Refuse what the tracker could not store as text (see ``MAX_EVENT_ID``): a value over its column's
+        length, or a NUL character, which PostgreSQL's text never holds."""
+        signal = self.signal
         for name, value, limit in (("event_id", self.event_id, MAX_EVENT_ID),
                                    ("event_type", self.event_type, MAX_EVENT_TYPE),
                                    ("customer id", self.provider_customer_id, MAX_CUSTOMER_ID),
-                                   ("status", status, MAX_STATUS)):
-            if value is not None and len(value) > limit:
+                                   ("status", signal.provider_status if signal else None, MAX_STATUS),
+                                   ("comment", signal.comment if signal else None, None)):
+            if value is None:
+                continue
+            if limit is not None and len(value) > limit:
                 raise ParseError(f"{name} is {len(value)} characters long; the tracker stores at most {limit}")
+            if "\x00" in value:
+                raise ParseError(f"{name} contains a NUL character (\\u0000), which the tracker cannot store")
