@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import blaaiz_event, post_blaaiz, register
 
@@ -54,6 +55,16 @@ async def test_register_not_json(client, write_key) -> None:
         **write_key, "content-type": "application/json"})
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]["message"]
+
+
+async def test_register_with_an_escaped_lone_surrogate_is_a_400_not_a_500(client, write_key, engine) -> None:
+    body = b'{"provider": "blaaiz", "provider_customer_id": "cus_\\ud800", "customer_type": "individual"}'
+    response = await client.post("/v1/customers", content=body, headers={
+        **write_key, "content-type": "application/json"})
+    assert response.status_code == 400
+    assert "unpaired UTF-16 surrogate" in response.json()["error"]["message"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM customers")).scalar_one() == 0
 
 
 async def test_identity_upload_starts_review(client, clock, write_key) -> None:

@@ -56,11 +56,22 @@ async def read_json(request: Request) -> dict[str, Any]:
     body = await read_body(request)
     try:
         data = json.loads(body) if body else None
+        require_text(data)
     except ValueError as exc:
         raise TrackerError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise TrackerError("the body must be a JSON object", code="invalid_json")
     return data
+
+
+def require_text(data: Any) -> None:
+    """Raise ValueError if decoded JSON holds a string no text column can store: an escaped lone surrogate
+    (``"\\ud800"``), which the standard library decodes but UTF-8 cannot encode."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("it contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text"
+                         ) from None
 
 
 def bearer_token(authorization: str) -> str | None:

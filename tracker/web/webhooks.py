@@ -29,7 +29,7 @@ from tracker.errors import DatabaseUnavailable, TrackerError
 from tracker.ingest import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
 from tracker.settings import Settings
-from tracker.web.requests import is_json, read_body
+from tracker.web.requests import is_json, read_body, require_text
 from tracker.web.responses import dumps, error
 
 _EMAIL_IN_RAW = re.compile(rb'"customer_email"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -110,11 +110,7 @@ def _decode(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = json.loads(body)
-    try:
-        json.dumps(payload, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise ValueError("it contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text"
-                         ) from None
+    require_text(payload)
     return payload
 
 
