@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from tests.conftest import OLD_SECRET, blaaiz_event, post_blaaiz, register, signed_headers
+from tracker.alerts import NewAlert, raise_alerts
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
@@ -538,3 +539,46 @@ def test_an_unreachable_or_locked_database_fails_the_batch_without_one_at_a_time
     assert committer._environmental(raised(dbapi.OperationalError("connection refused")))
     assert not committer._environmental(raised(StatementError("bad value", "INSERT", {}, ValueError("NUL"))))
     assert not committer._environmental(raised(TypeError("not JSON serializable")))
+
+
+def test_conflicts_and_undocumented_statuses_in_one_batch_alert_once_each_with_their_notices(
+        container: Container, clock) -> None:
+    """A provider's bad day brings many contradictions at once: the batch raises them all (tracker.alerts.
+    raise_alerts, two statements however many), one alert per contradiction, one per customer and undocumented
+    value, each with a notice on every channel."""
+    from tracker.db.tables import alerts, notifications
+
+    def delivery(pcid: str, status: str, n: int) -> Delivery:
+        payload = blaaiz_event(pcid, status, updated_at=f"2026-01-05T1{n}:00:00Z")
+        return Delivery("blaaiz", clock.now(), json.dumps(payload).encode(), {}, blaaiz.parse(payload))
+
+    ingestor = container.ingestor
+    ingestor.ingest([delivery(f"cus_v{n}", "VERIFIED", 0) for n in range(3)])
+    inserts: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT INTO ALERTS", "INSERT INTO NOTIFICATIONS")):
+            inserts.append(statement.split("(")[0].strip())
+
+    event.listen(container.engine, "before_cursor_execute", count)
+    try:
+        results = ingestor.ingest([*(delivery(f"cus_v{n}", "REJECTED", 1) for n in range(3)),
+                                   delivery("cus_v0", "ON_HOLD", 2), delivery("cus_v0", "ON_HOLD", 3),
+                                   delivery("cus_u", "ON_HOLD", 2)])
+    finally:
+        event.remove(container.engine, "before_cursor_execute", count)
+    assert inserts == ["INSERT INTO alerts", "INSERT INTO notifications"]
+    assert [r.outcome for r in results[:3]] == ["conflict"] * 3
+    with container.engine.connect() as conn:
+        raised = conn.execute(select(alerts.c.kind, alerts.c.customer_id, alerts.c.id).order_by(alerts.c.id)).all()
+        notices = conn.execute(select(notifications.c.alert_id, notifications.c.channel)).all()
+    assert sorted(kind for kind, _, _ in raised) == ["conflict"] * 3 + ["unknown_status"] * 2
+    assert len({(kind, customer) for kind, customer, _ in raised if kind == "unknown_status"}) == 2
+    channels = container.effects.alerts.channels
+    assert sorted(notices) == sorted((alert_id, channel) for _, _, alert_id in raised for channel in channels)
+
+
+def test_raise_alerts_refuses_tier_alerts_which_may_fold_into_an_incident(container: Container, clock) -> None:
+    with container.engine.begin() as conn, pytest.raises(ValueError, match="raise_alert"):
+        raise_alerts(conn, container.effects.alerts, [NewAlert("customer:1:attempt:1:overdue", "overdue", "blaaiz",
+                                                               "late")], clock.now())

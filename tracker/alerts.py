@@ -84,11 +84,63 @@ def notice_for(alert: Mapping[str, Any] | RowMapping, action: str, now: datetime
 
 
 def enqueue(conn: Connection, notice: Notice, channels: Sequence[str], now: datetime) -> None:
+    queries.insert_notifications(conn, _notification_rows(notice, channels, now))
+
+
+def _notification_rows(notice: Notice, channels: Sequence[str], now: datetime) -> list[dict[str, Any]]:
     payload = json.dumps({**asdict(notice), "created_at": notice.created_at.isoformat()})
-    queries.insert_notifications(conn, [{
+    return [{
         "key": notice.key, "alert_id": notice.alert_id, "channel": channel, "action": notice.action,
         "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-    } for channel in channels])
+    } for channel in channels]
+
+
+@dataclass(frozen=True)
+class NewAlert:
+    """An alert to raise with ``raise_alerts``: what ``raise_alert`` takes as arguments."""
+
+    key: str
+    kind: str
+    provider: str
+    title: str
+    customer: Mapping[str, Any] | RowMapping | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+def _alert_values(settings: AlertSettings, kind: str, key: str, provider: str, now: datetime, title: str,
+                  customer: Mapping[str, Any] | RowMapping | None, attempt: int | None,
+                  detail: Mapping[str, Any] | None) -> dict[str, Any]:
+    body = {"advice": advice(kind, provider, customer), **(detail or {})}
+    return {
+        "key": key, "kind": kind, "provider": provider, "customer_id": customer["id"] if customer else None,
+        "attempt": attempt, "state": "open", "title": title, "detail": json.dumps(body), "opened_at": now,
+        "repeats": 0,
+        "next_repeat_at": now + settings.critical_repeat if kind == Tier.CRITICAL.value and settings.critical_repeat
+        else None,
+    }
+
+
+def raise_alerts(conn: Connection, settings: AlertSettings, new: Sequence[NewAlert], now: datetime) -> int:
+    """Several alerts of the kinds that never fold into a provider incident (conflict, unknown_status), each
+    once per key, in two statements whatever their number: one for the alerts, one for all their notices.
+    ``raise_alert`` does the same for one. Returns how many were new."""
+    unique: dict[str, NewAlert] = {}
+    for alert in new:
+        unique.setdefault(alert.key, alert)
+    if not unique:
+        return 0
+    if any(alert.kind in (Tier.OVERDUE, Tier.CRITICAL) for alert in unique.values()):
+        raise ValueError("tier alerts may fold into an incident: raise them one by one with raise_alert")
+    values = {key: _alert_values(settings, a.kind, key, a.provider, now, a.title, a.customer, None, a.detail)
+              for key, a in unique.items()}
+    ids = queries.insert_alerts(conn, list(values.values()))
+    rows: list[dict[str, Any]] = []
+    for key, alert_id in sorted(ids.items(), key=lambda item: item[1]):
+        opened = {**values[key], "id": alert_id}
+        rows += _notification_rows(notice_for(opened, "trigger", now, unique[key].customer), settings.channels, now)
+        log.info("alert %s raised: %s", alert_id, key)
+    queries.insert_notifications(conn, rows)
+    return len(ids)
 
 
 def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: str, provider: str, now: datetime,
@@ -96,14 +148,7 @@ def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: st
                 detail: Mapping[str, Any] | None = None) -> int | None:
     """Open an alert (once per key) and enqueue its notices; fold it into a provider incident when many
     customers of one provider cross the same tier together. Returns the new alert's id, or None if it existed."""
-    body = {"advice": advice(kind, provider, customer), **(detail or {})}
-    values = {
-        "key": key, "kind": kind, "provider": provider, "customer_id": customer["id"] if customer else None,
-        "attempt": attempt, "state": "open", "title": title, "detail": json.dumps(body), "opened_at": now,
-        "repeats": 0,
-        "next_repeat_at": now + settings.critical_repeat if kind == Tier.CRITICAL.value and settings.critical_repeat
-        else None,
-    }
+    values = _alert_values(settings, kind, key, provider, now, title, customer, attempt, detail)
     alert_id = queries.insert_alert(conn, values)
     if alert_id is None:
         return None

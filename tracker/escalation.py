@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from tracker.alerts import AlertSettings, raise_alert, resolve_customer
+from tracker.alerts import AlertSettings, NewAlert, raise_alert, raise_alerts, resolve_customer
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
@@ -86,17 +86,25 @@ class LifecycleEffects:
 
     def on_conflict(self, conn: Connection, row: Mapping[str, Any] | RowMapping, signal: Signal, now: datetime,
                     cause: str) -> None:
-        raw = signal.provider_status or (signal.trigger.value if signal.trigger else "?")
-        raise_alert(conn, self.alerts, key=f"conflict:customer:{row['id']}:{raw}:{cause}", kind="conflict",
-                    provider=row["provider"], now=now, customer=row,
-                    title=f"{row['provider']} says {raw} for verified customer {row['provider_customer_id']}",
-                    detail={"provider_status": raw})
+        raise_alerts(conn, self.alerts, [self.conflict_alert(row, signal, cause)], now)
 
     def on_unknown(self, conn: Connection, row: Mapping[str, Any] | RowMapping, raw: str, now: datetime) -> None:
-        raise_alert(conn, self.alerts, key=f"unknown_status:customer:{row['id']}:{raw}", kind="unknown_status",
-                    provider=row["provider"], now=now, customer=row,
-                    title=f"{row['provider']} sent an undocumented status {raw!r} for {row['provider_customer_id']}",
-                    detail={"provider_status": raw})
+        raise_alerts(conn, self.alerts, [self.unknown_alert(row, raw)], now)
+
+    @staticmethod
+    def conflict_alert(row: Mapping[str, Any] | RowMapping, signal: Signal, cause: str) -> NewAlert:
+        """The provider contradicts a verified customer (``cause`` tells this contradiction from others)."""
+        raw = signal.provider_status or (signal.trigger.value if signal.trigger else "?")
+        return NewAlert(key=f"conflict:customer:{row['id']}:{raw}:{cause}", kind="conflict", provider=row["provider"],
+                        title=f"{row['provider']} says {raw} for verified customer {row['provider_customer_id']}",
+                        customer=row, detail={"provider_status": raw})
+
+    @staticmethod
+    def unknown_alert(row: Mapping[str, Any] | RowMapping, raw: str) -> NewAlert:
+        """An undocumented status value (alerted once per customer and value)."""
+        title = f"{row['provider']} sent an undocumented status {raw!r} for {row['provider_customer_id']}"
+        return NewAlert(key=f"unknown_status:customer:{row['id']}:{raw}", kind="unknown_status",
+                        provider=row["provider"], title=title, customer=row, detail={"provider_status": raw})
 
 
 class Escalator:

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from tracker.alerts import NewAlert, raise_alerts
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_options
@@ -529,14 +530,15 @@ class Ingestor:
             if customer_id in rows:
                 self.effects.on_leaving_escalated(conn, rows[customer_id], now)
         flagged: dict[int, dict[str, Any]] = {}
+        raised: list[NewAlert] = []  # all in two statements, however many (a provider's bad day may bring many)
         for customer_id, event, outcome in notable:
             row = rows.get(customer_id)
             if row is None or event is None or event.signal is None:
                 continue
             raw = event.signal.provider_status or "?"
             if outcome == "conflict":
-                self.effects.on_conflict(conn, row, event.signal, now,
-                                         f"event:{event.event_id or event.fingerprint[:16]}")
+                raised.append(self.effects.conflict_alert(row, event.signal,
+                                                          f"event:{event.event_id or event.fingerprint[:16]}"))
             flag = f"unknown_status:{raw}"
             flags = queries.flags_of(row)
             if event.unknown_status and flag not in flags:
@@ -546,7 +548,8 @@ class Ingestor:
                     self.metrics.unknown_status.labels(event.provider).inc()
                 row = rows[customer_id] = {**row, "flags": json.dumps([*flags, flag])}
                 flagged[customer_id] = {"flags": row["flags"], "_id": customer_id, "_old_version": row["version"]}
-                self.effects.on_unknown(conn, row, raw, now)
+                raised.append(self.effects.unknown_alert(row, raw))
+        raise_alerts(conn, self.effects.alerts, raised, now)
         queries.update_customers(conn, list(flagged.values()))
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery]

@@ -332,6 +332,15 @@ def insert_alert(conn: Connection, values: Mapping[str, Any]) -> int | None:
     return None if row is None else int(row.id)
 
 
+def insert_alerts(conn: Connection, values: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Insert alerts whose keys do not exist yet, in one statement; the new ones' ids by key."""
+    if not values:
+        return {}
+    stmt = _built(conn, "insert_alerts", lambda c: _insert(c, alerts).on_conflict_do_nothing(
+        index_elements=[alerts.c.key]).returning(alerts.c.id, alerts.c.key))
+    return {row.key: int(row.id) for row in conn.execute(stmt, [dict(v) for v in values])}
+
+
 def get_alert(conn: Connection, alert_id: int, lock: bool = False) -> Row[Any] | None:
     query = select(alerts).where(alerts.c.id == alert_id)
     if lock and conn.dialect.name == "postgresql":
