@@ -386,3 +386,22 @@ async def test_a_provider_without_a_budget_is_polled_as_fast_as_its_concurrency_
         assert queries.count_due(conn, "cryptopocket", clock.now()) == 0
         leased = conn.execute(select(customers.c.id).where(customers.c.poll_lease_owner.is_not(None))).all()
     assert leased == []  # every claim was settled and released
+
+
+async def test_an_answer_the_tracker_cannot_store_backs_that_customer_off_and_no_other(polling, clock, sims
+                                                                                       ) -> None:
+    """A status over 64 characters (or holding NUL) would fail the customer's write on PostgreSQL at every poll:
+    it is a failed poll of that customer ("invalid": backs off, never the provider's breaker)."""
+    sims["cryptopocket"].add_customer("usr_long", "x" * 65)
+    sims["cryptopocket"].add_customer("usr_fine", "processing")
+    long_id = register(polling, "cryptopocket", "usr_long")
+    fine_id = register(polling, "cryptopocket", "usr_fine")
+    await tick(polling)
+    bad, good = row(polling, long_id), row(polling, fine_id)
+    assert (bad.state, bad.provider_status, bad.poll_failures) == ("awaiting_documents", None, 1)
+    assert bad.next_poll_at > clock.now()
+    assert (good.state, good.poll_failures) == ("pending", 0)
+    with polling.engine.connect() as conn:
+        state = provider_row(conn)
+    assert state.breaker_state == "closed"
+    assert "status is 65 characters long" in state.last_error

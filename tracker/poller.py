@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, Row
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
+from tracker.domain.events import MAX_STATUS, unstorable
 from tracker.domain.lifecycle import Decision
 from tracker.domain.polling import PollPolicy, failure_backoff, next_poll
 from tracker.domain.provider_health import (
@@ -265,6 +266,11 @@ class Poller:
                 await self._space(provider, plan)
                 try:
                     report = await plan.adapter.fetch_status(ref)
+                    problem = unstorable((("status", report.provider_status, MAX_STATUS),
+                                          ("status", report.signal.provider_status, MAX_STATUS),
+                                          ("comment", report.signal.comment, None)))
+                    if problem is not None:  # this customer's answer only: backs off, no breaker
+                        raise ProviderError(provider, "invalid", f"the answer cannot be stored: {problem}")
                 except ProviderError as exc:
                     await asyncio.to_thread(self._record_failure, provider, row.id, exc)
                     return

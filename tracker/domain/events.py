@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tracker.domain.lifecycle import Signal
@@ -35,17 +36,25 @@ class ParsedEvent:
     unknown_status: bool = False
 
     def __post_init__(self) -> None:
-        """Refuse what the tracker could not store as text (see ``MAX_EVENT_ID``): a value over its column's
-        length, or a NUL character, which PostgreSQL's text never holds."""
+        """Refuse what the tracker could not store as text (``unstorable``)."""
         signal = self.signal
-        for name, value, limit in (("event_id", self.event_id, MAX_EVENT_ID),
-                                   ("event_type", self.event_type, MAX_EVENT_TYPE),
-                                   ("customer id", self.provider_customer_id, MAX_CUSTOMER_ID),
-                                   ("status", signal.provider_status if signal else None, MAX_STATUS),
-                                   ("comment", signal.comment if signal else None, None)):
-            if value is None:
-                continue
-            if limit is not None and len(value) > limit:
-                raise ParseError(f"{name} is {len(value)} characters long; the tracker stores at most {limit}")
-            if "\x00" in value:
-                raise ParseError(f"{name} contains a NUL character (\\u0000), which the tracker cannot store")
+        problem = unstorable((("event_id", self.event_id, MAX_EVENT_ID),
+                              ("event_type", self.event_type, MAX_EVENT_TYPE),
+                              ("customer id", self.provider_customer_id, MAX_CUSTOMER_ID),
+                              ("status", signal.provider_status if signal else None, MAX_STATUS),
+                              ("comment", signal.comment if signal else None, None)))
+        if problem is not None:
+            raise ParseError(problem)
+
+
+def unstorable(fields: Iterable[tuple[str, str | None, int | None]]) -> str | None:
+    """Why one of these (name, value, longest stored) cannot be stored as text, or None: a value over its
+    column's length, or a NUL character, which PostgreSQL's text never holds."""
+    for name, value, limit in fields:
+        if value is None:
+            continue
+        if limit is not None and len(value) > limit:
+            return f"{name} is {len(value)} characters long; the tracker stores at most {limit}"
+        if "\x00" in value:
+            return f"{name} contains a NUL character (\\u0000), which the tracker cannot store"
+    return None
