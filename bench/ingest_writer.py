@@ -32,6 +32,7 @@ import cProfile
 import json
 import pstats
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -121,6 +122,7 @@ def main() -> int:
     finally:
         if args.backend == "postgres":
             bench_ingest.drop_pg_database(args.postgres_url, url)
+        shutil.rmtree(workdir, ignore_errors=True)
 
     events = args.batches * args.batch
     stats = pstats.Stats(profile)
