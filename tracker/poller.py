@@ -266,8 +266,8 @@ class Poller:
                 await self._space(provider, plan)
                 try:
                     report = await plan.adapter.fetch_status(ref)
+                    # report.provider_status is the signal's too (every adapter builds them from one value)
                     problem = unstorable((("status", report.provider_status, MAX_STATUS),
-                                          ("status", report.signal.provider_status, MAX_STATUS),
                                           ("comment", report.signal.comment, None)))
                     if problem is not None:  # this customer's answer only: backs off, no breaker
                         raise ProviderError(provider, "invalid", f"the answer cannot be stored: {problem}")

@@ -326,14 +326,12 @@ def count_due(conn: Connection, provider: str, now: datetime) -> int:
 
 def insert_alert(conn: Connection, values: Mapping[str, Any]) -> int | None:
     """Insert an alert unless its key exists (each key alerts at most once); its id, or None."""
-    stmt = _built(conn, "insert_alert", lambda c: _insert(c, alerts).on_conflict_do_nothing(
-        index_elements=[alerts.c.key]).returning(alerts.c.id))
-    row = conn.execute(stmt, dict(values)).first()
-    return None if row is None else int(row.id)
+    return insert_alerts(conn, [values]).get(values["key"])
 
 
 def insert_alerts(conn: Connection, values: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Insert alerts whose keys do not exist yet, in one statement; the new ones' ids by key."""
+    """Insert alerts whose keys do not exist yet (each key alerts at most once), in one statement; the new
+    ones' ids by key."""
     if not values:
         return {}
     stmt = _built(conn, "insert_alerts", lambda c: _insert(c, alerts).on_conflict_do_nothing(

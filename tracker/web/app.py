@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
 from tracker.web.fastpath import CustomerReadFastPath, WebhookFastPath
-from tracker.web.responses import error, json_response
+from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -84,7 +84,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return webhooks.UNEXPECTED.response()
+    return UNEXPECTED.response()
 
 
 class _App(Starlette):

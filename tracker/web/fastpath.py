@@ -28,12 +28,12 @@ from tracker.settings import MAX_WEBHOOK_BODY
 from tracker.web import webhooks
 from tracker.web.api import read_customer
 from tracker.web.requests import bearer_token, is_json
+from tracker.web.responses import JSON_CONTENT_TYPE, UNEXPECTED
 from tracker.web.webhooks import Receiver
 
 log = logging.getLogger("tracker.web")
 
 PREFIX = "/v1/customers/"
-_JSON = (b"content-type", b"application/json")
 
 
 class CustomerReadFastPath:
@@ -71,7 +71,7 @@ class CustomerReadFastPath:
             return None
         if body is None:
             return 304, [(b"etag", etag.encode())], b""
-        return 200, [(b"etag", etag.encode()), (b"content-length", str(len(body)).encode()), _JSON], body
+        return 200, [(b"etag", etag.encode()), (b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE], body
 
 
 class WebhookFastPath:
@@ -109,7 +109,7 @@ class WebhookFastPath:
                         reply = await webhooks.receive(self.container, receiver, headers, {}, body)
                     except Exception:  # what the application's error handler would answer; nothing has been sent
                         log.exception("unexpected error on POST %s", scope["path"])
-                        reply = webhooks.UNEXPECTED
+                        reply = UNEXPECTED
                     await send({"type": "http.response.start", "status": reply.status,
                                 "headers": reply.raw_headers()})
                     await send({"type": "http.response.body", "body": reply.body})

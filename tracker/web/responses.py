@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -47,8 +48,38 @@ def plain_json_response(data: Any, headers: Mapping[str, str] | None = None) -> 
     return Response(fast_dumps(data), headers=headers, media_type="application/json")
 
 
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")  # as a raw ASGI header
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A JSON answer outside Starlette (the fast paths send it raw), or as a ``Response``: the same bytes."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] | None = None
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, headers=self.headers, media_type="application/json")
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers ``response()`` sends, in its order (the tests compare the two)."""
+        extra = self.headers or {}
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
+        raw += [(b"content-length", str(len(self.body)).encode()), JSON_CONTENT_TYPE]
+        return raw
+
+
+def error_reply(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, dumps({"error": {"code": code, "message": message}}), headers)
+
+
 def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+    return error_reply(status, code, message, headers).response()
+
+
+# What the catch-all error handler answers (tracker.web.app), and the webhook fast path for its own failures.
+UNEXPECTED = error_reply(500, "internal", "an unexpected error happened; it has been logged")
 
 
 def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:

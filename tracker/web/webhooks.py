@@ -30,11 +30,10 @@ from tracker.ingest import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
 from tracker.settings import Settings
 from tracker.web.requests import is_json, read_body, require_text
-from tracker.web.responses import dumps, error
+from tracker.web.responses import Reply, dumps, error, error_reply
 
 _EMAIL_IN_RAW = re.compile(rb'"customer_email"\s*:\s*"(?:[^"\\]|\\.)*"')
 RETRY_AFTER_SECONDS = "30"
-_JSON = (b"content-type", b"application/json")
 
 # raises ValueError (a signature error) with the reason: (headers, path parameters, body, now)
 Verify = Callable[[Mapping[str, str], Mapping[str, Any], bytes, datetime], None]
@@ -49,23 +48,6 @@ class Receiver:
     parse: Callable[[Any], ParsedEvent]
     scrub: Callable[[Mapping[str, Any]], dict[str, Any]]
     kept_headers: tuple[str, ...]  # stored with the event, besides user-agent
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: Mapping[str, str] | None = None
-
-    def response(self) -> Response:
-        return Response(self.body, status_code=self.status, headers=self.headers, media_type="application/json")
-
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers ``response()`` sends, in its order (the tests compare the two)."""
-        extra = self.headers or {}
-        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
-        raw += [(b"content-length", str(len(self.body)).encode()), _JSON]
-        return raw
 
 
 def receivers(settings: Settings) -> dict[str, Receiver]:
@@ -90,14 +72,6 @@ def receivers(settings: Settings) -> dict[str, Receiver]:
         cryptopocket.NAME: Receiver(cryptopocket.NAME, cryptopocket_verify, cryptopocket.parse, cryptopocket.scrub,
                                     (cryptopocket.TIMESTAMP_HEADER,)),
     }
-
-
-def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, dumps({"error": {"code": code, "message": message}}), headers)
-
-
-# What the application's catch-all error handler answers (tracker.web.app), for the fast path's own failures.
-UNEXPECTED = _error(500, "internal", "an unexpected error happened; it has been logged")
 
 
 def _decode(body: bytes) -> Any:
@@ -130,7 +104,7 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
         receiver.verify(headers, params, body, now)
     except ValueError as exc:
         container.metrics.observe_webhook(provider, "unauthorized")
-        return _error(401, "invalid_signature", str(exc))
+        return error_reply(401, "invalid_signature", str(exc))
     kept = {}
     for name in (*receiver.kept_headers, "user-agent"):
         value = headers.get(name)
@@ -156,9 +130,9 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
     try:
         result = await container.committer.submit(delivery)
     except DatabaseUnavailable as exc:
-        return _error(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
+        return error_reply(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
     if result.outcome == "rejected":
-        return _error(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
+        return error_reply(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
     # What json_response({"status": ..., "event": ...}) writes, without the generic encoder on the hot path.
     return Reply(200, f'{{"status":"{result.status}","event":{result.event_id}}}'.encode())
 
