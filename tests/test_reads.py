@@ -71,6 +71,49 @@ async def test_point_reads_match_the_reference(engine: Engine) -> None:
     reads.close()
 
 
+async def test_concurrent_point_reads_take_one_statement_a_batch(engine: Engine) -> None:
+    """Reads that arrive together are fetched together, by the reads thread: on PostgreSQL one round trip, on
+    SQLite one statement whose single row holds the whole batch (the sqlite3 module takes the GIL back at every
+    row it steps, and under load every such turn waits for the event loop)."""
+    seed(engine, 40)
+    reads = CustomerReads(engine)
+    statements: list[str] = []
+    run = reads.run
+
+    def counted(sql: str, params: Any) -> list[Any]:
+        statements.append(sql)
+        return run(sql, params)
+
+    reads.run = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(reads.get(i) for i in range(1, 41)))
+        statements.clear()
+        rows = await asyncio.gather(*(reads.get(i) for i in [*range(1, 41), 77_777]))
+    finally:
+        reads.close()
+    assert [row and row["id"] for row in rows] == [*range(1, 41), None]
+    assert len(statements) <= 2, statements  # one batch (two if the first read left before the rest queued)
+
+
+async def test_awkward_text_survives_the_batched_read(engine: Engine) -> None:
+    seed(engine, 3)
+    awkward = ["tab\tand \\ backslash", "emoji \U0001f600 and \u2028 separator", '{"json": [1]}']
+    if engine.dialect.name == "sqlite":  # PostgreSQL's text cannot hold NUL
+        awkward.append("nul\x00inside")
+    with engine.begin() as conn:
+        for i, value in enumerate(awkward, start=1):
+            conn.execute(customers.update().where(customers.c.id == 1 + i % 3)
+                         .values(rejection_reason=value, provider_status=value[::-1], reference=value))
+        expected = {i: queries.get_customer(conn, i) for i in (1, 2, 3)}
+    reads = CustomerReads(engine)
+    try:
+        rows = await asyncio.gather(*(reads.get(i) for i in (1, 2, 3)))
+    finally:
+        reads.close()
+    for ident, row in zip((1, 2, 3), rows, strict=True):
+        assert row == {name: expected[ident]._mapping[name] for name in API_COLUMNS}
+
+
 FILTERS: list[dict[str, Any]] = [
     {}, {"provider": "connectfi"}, {"state": "pending"}, {"provider": "blaaiz", "state": "verified"},
     {"tier": "critical"}, {"tier": "overdue", "provider": "cryptopocket"}, {"tier": "none"},
