@@ -20,7 +20,7 @@ batches in flight made smaller batches and cost more CPU per read: bench/read's 
   load each re-take waits for the event loop's turn; one row a batch takes one turn, and orjson decodes the
   rows. Until 2026-12-05 these reads ran inline on the event loop, one statement each, which was cheaper
   than a thread hop per read; bench/read (1,000,000 customers, three rounds) moved from GET 0.54 / 304 0.80
-  of bare to 0.68 / 0.97 with the batch (server CPU per GET 77 to 67 us, bare 42).
+  of bare to 0.69 / 0.91 with the batch (server CPU per GET 77 to 65 us, bare 42).
 
 A failed statement drops the kept connection (the next read opens a new one; a read that failed because the
 connection was lost is retried once on a new one) and raises SQLAlchemy's ``DBAPIError``, which the web layer
