@@ -43,8 +43,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
@@ -53,7 +51,7 @@ import ingest as bench_ingest  # noqa: E402 - bench/ingest.py, beside this file
 
 from tracker.bootstrap import build  # noqa: E402
 from tracker.clock import SystemClock  # noqa: E402
-from tracker.ingest import Delivery, _Writer  # noqa: E402
+from tracker.ingest import Delivery, IngestResult, _Writer  # noqa: E402
 from tracker.providers import blaaiz  # noqa: E402
 from tracker.settings import Settings  # noqa: E402
 
@@ -93,40 +91,44 @@ def main() -> int:
                     batch.append(Delivery("blaaiz", datetime.now(UTC), body, {}, blaaiz.parse(json.loads(body))))
                 batches.append(batch)
             ingestor = container.ingestor
-            conn = ingestor.connect()
-            # As the server's writer (tracker.ingest._Writer): on SQLite, no checkpoint inside a commit (only a
-            # far backstop), one between batches. Timed apart from the commit; it is part of the wall time.
-            checkpoint = between_batches(conn, args.backend == "sqlite")
+            # The server's own writer (tracker.ingest._Writer): its kept connection and, on SQLite, its WAL
+            # checkpoint between batches, timed apart from the commit (it is part of the wall time).
+            writer = _Writer(ingestor)
+
+            def run(batch: list[Delivery]) -> tuple[list[IngestResult], float]:
+                results = writer.ingest(batch)
+                started = time.perf_counter()
+                writer.between_batches()
+                return results, time.perf_counter() - started
+
             outcomes: dict[str, int] = {}
             checkpoints = 0.0
             started, cpu = time.perf_counter(), time.process_time()
             for batch in batches[:args.batches]:
-                for result in ingestor.ingest(batch, conn):
+                results, checkpoint = run(batch)
+                checkpoints += checkpoint
+                for result in results:
                     outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-                checkpoints += checkpoint()
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             profile = cProfile.Profile()
             profile.enable()
             for batch in batches[args.batches:2 * args.batches]:
-                ingestor.ingest(batch, conn)
-                checkpoint()
+                run(batch)
             profile.disable()
             timed = StatementTimes()
             plain_cursor = ingestor.statements.cursor
             ingestor.statements.cursor = timed.wrap(plain_cursor)  # type: ignore[method-assign]
-            dbapi = conn.connection.dbapi_connection
+            assert writer._conn is not None  # kept since the first batch
+            dbapi = writer._conn.connection.dbapi_connection
             plain_commit = dbapi.commit
             with contextlib.suppress(AttributeError):  # psycopg's; sqlite3's is read-only (the profile has it)
                 dbapi.commit = timed.wrap_commit(plain_commit)
             for batch in batches[2 * args.batches:3 * args.batches]:
-                ingestor.ingest(batch, conn)
-                checkpoint()
+                run(batch)
             ingestor.statements.cursor = plain_cursor  # type: ignore[method-assign]
             with contextlib.suppress(AttributeError):
                 dbapi.commit = plain_commit
-            if args.backend == "sqlite":  # back to SQLite's default before the connection returns to the pool
-                conn.connection.driver_connection.execute("PRAGMA wal_autocheckpoint=1000")
-            conn.close()
+            writer.close()
             closed = asyncio.run(closed_loop(container, [d for batch in batches[3 * args.batches:] for d in batch],
                                              args.clients))
         finally:
@@ -170,23 +172,6 @@ def main() -> int:
     print(f"  closed loop, {args.clients} clients through the GroupCommitter (no HTTP): {rate:.0f} webhooks/s, "
           f"{cpu_per:.0f} us CPU per webhook, {mean_batch:.1f} per batch")
     return 0
-
-
-def between_batches(conn: Connection, sqlite: bool) -> Callable[[], float]:
-    """What the server's writer does between batches on ``conn`` (a WAL checkpoint on SQLite, with SQLite's own
-    checkpoint inside commits pushed back to ``_Writer.BACKSTOP_PAGES``); the returned callable runs it and
-    gives its wall time."""
-    if not sqlite:
-        return lambda: 0.0
-    raw = conn.connection.driver_connection
-    raw.execute(f"PRAGMA wal_autocheckpoint={_Writer.BACKSTOP_PAGES}")
-
-    def checkpoint() -> float:
-        started = time.perf_counter()
-        raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        return time.perf_counter() - started
-
-    return checkpoint
 
 
 class StatementTimes:
