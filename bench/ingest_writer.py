@@ -16,7 +16,11 @@ cProfile. It prints:
   as bench/ingest prints it; 93-112 us on the 2-core machine of 2026-12-04);
 - the functions of tracker/ with the most time of their own and below them (cumulative), per event;
 - the wall time of each statement the batch runs, per event (as many batches again, each statement timed
-  around the driver's ``execute``; COMMIT is timed around the commit);
+  around the driver's ``execute`` and ``fetchone``; COMMIT is timed around the commit). On PostgreSQL the
+  writes run in pipeline mode: their ``execute`` only queues them, and the wait for their answers is the row
+  "end of pipeline";
+- ``--postgres-url`` may point at bench/delay_proxy.py, to see the writer with a network between it and
+  the database (round trips cost more there: 2026-12-05, 0.83 ms per round trip, see the README);
 - a closed loop through the ``GroupCommitter`` itself, as the server drives it but without HTTP: ``--clients``
   concurrent submitters (32, bench/ingest's connections), each sending its next webhook once the previous one
   is acknowledged: the writer's own ceiling in webhooks/s, and the batch size it settles at.
@@ -38,7 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,8 +120,10 @@ def main() -> int:
                 run(batch)
             profile.disable()
             timed = StatementTimes()
-            plain_cursor = ingestor.statements.cursor
+            plain_cursor, plain_pipeline = ingestor.statements.cursor, ingestor.statements.pipeline
             ingestor.statements.cursor = timed.wrap(plain_cursor)  # type: ignore[method-assign]
+            if args.backend == "postgres":  # SQLite has no pipeline
+                ingestor.statements.pipeline = timed.wrap_pipeline(plain_pipeline)  # type: ignore[method-assign]
             assert writer._conn is not None  # kept since the first batch
             dbapi = writer._conn.connection.dbapi_connection
             plain_commit = dbapi.commit
@@ -126,6 +132,7 @@ def main() -> int:
             for batch in batches[2 * args.batches:3 * args.batches]:
                 run(batch)
             ingestor.statements.cursor = plain_cursor  # type: ignore[method-assign]
+            ingestor.statements.pipeline = plain_pipeline  # type: ignore[method-assign]
             with contextlib.suppress(AttributeError):
                 dbapi.commit = plain_commit
             writer.close()
@@ -180,10 +187,30 @@ class StatementTimes:
     def __init__(self) -> None:
         self.totals: dict[str, list[Any]] = {}
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, count: bool = True) -> None:
         entry = self.totals.setdefault(name, [0, 0.0])
-        entry[0] += 1
+        entry[0] += count
         entry[1] += seconds
+
+    def wrap_pipeline(self, pipeline: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """PostgreSQL's writes are sent without waiting (pipeline mode): the wait for all of them is at the end of
+        the pipeline block, timed here. Without this, the writes would look free."""
+        times = self
+
+        @contextlib.contextmanager
+        def timed(dbapi_connection: Any) -> Iterator[Any]:
+            context = pipeline(dbapi_connection)
+            value = context.__enter__()
+            try:
+                yield value
+            except BaseException:
+                if not context.__exit__(*sys.exc_info()):
+                    raise
+            else:
+                started = time.perf_counter()
+                context.__exit__(None, None, None)
+                times.add("end of pipeline (the writes' answers)", time.perf_counter() - started)
+        return timed
 
     def wrap(self, make_cursor: Callable[[Any], Any]) -> Callable[[Any], Any]:
         times = self
@@ -191,13 +218,22 @@ class StatementTimes:
         class Timed:
             def __init__(self, cursor: Any) -> None:
                 self._cursor = cursor
+                self._last = ""
 
             def execute(self, sql: str, params: Any = ()) -> Any:
                 started = time.perf_counter()
+                self._last = " ".join(str(sql).split()[:4])[:48]
                 try:
                     return self._cursor.execute(sql, params)
                 finally:
-                    times.add(" ".join(str(sql).split()[:4])[:48], time.perf_counter() - started)
+                    times.add(self._last, time.perf_counter() - started)
+
+            def fetchone(self) -> Any:  # in pipeline mode the wait for a read's answer is here
+                started = time.perf_counter()
+                try:
+                    return self._cursor.fetchone()
+                finally:
+                    times.add(self._last, time.perf_counter() - started, count=False)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(self._cursor, name)

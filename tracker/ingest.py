@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -113,6 +113,16 @@ class RetryBatch(Exception):
     """Another writer changed a row this batch read; run the batch again."""
 
 
+@dataclass
+class _InboxIds:
+    """Where a batch's inbox ids come from: ids reserved by the prefetch (PostgreSQL: ``wanted`` of them, handed
+    out in order), or the largest id so far (SQLite, which assigns the next ones itself)."""
+
+    wanted: int = 0
+    reserved: list[int] = field(default_factory=list)
+    last: int = 0
+
+
 # -- the statements -----------------------------------------------------------------------------------------
 
 EVENT_COLUMNS = ("provider", "event_id", "fingerprint", "event_type", "provider_customer_id", "customer_id",
@@ -183,6 +193,14 @@ class _Statements:
     SQLite's module releases and re-takes the GIL around every step (every row fetched, every ``executemany``
     row), and under load each re-take waits for the event loop's turn. On PostgreSQL the cursor is psycopg's
     ``RawCursor`` (``$n`` placeholders: no query rewriting in Python); psycopg prepares what it sees repeatedly.
+
+    On PostgreSQL the batch also runs in psycopg's pipeline mode (``pipeline``): a statement whose answer the
+    batch does not read is sent without waiting for it, so the writes (customers, inbox, history) go in one
+    round trip, and the server runs the first while the writer still builds the next. For that the prefetch
+    reserves the batch's inbox ids from the sequence (no write waits for ``RETURNING``), and the UPDATE's
+    row count is checked once the pipeline has synced, before COMMIT. Each round trip costs the writer a wait
+    for the server and, under load, another for the GIL (held by the event loop): bench/ingest_writer and
+    bench/ingest on PostgreSQL, 2026-12-05, see the README.
     """
 
     def __init__(self, dialect: Dialect) -> None:
@@ -199,6 +217,8 @@ class _Statements:
         self._sqlite_updates: dict[tuple[str, ...], str] = {}
         # Identifiers come from the constants above and the table metadata; values are always bound parameters.
         self._insert_events_head = f"INSERT INTO inbound_events ({', '.join(EVENT_COLUMNS)}) VALUES "  # noqa: S608
+        self._insert_events_with_ids_head = (f"INSERT INTO inbound_events (id, {', '.join(EVENT_COLUMNS)}) "  # noqa: S608
+                                             "VALUES ")
         self._insert_history_head = f"INSERT INTO history ({', '.join(HISTORY_COLUMNS)}) VALUES "  # noqa: S608
         self._new_customer_head = f"INSERT INTO customers ({', '.join(NEW_CUSTOMER_COLUMNS)}) VALUES "  # noqa: S608
         self._new_customer_tail = " ON CONFLICT (provider, provider_customer_id) DO NOTHING"
@@ -218,8 +238,12 @@ class _Statements:
         equals = "= " if self.postgres else ""
         by_event_id = stored.format(f"event_id {equals}{keys.format(mark.format(2))}")
         by_fingerprint = stored.format(f"fingerprint {equals}{keys.format(mark.format(3))}")
-        self._prefetch = (f"SELECT ({by_event_id}), ({by_fingerprint}), ({found.format(keys.format(mark.format(4)))}), "  # noqa: S608
-                          "(SELECT max(id) FROM inbound_events)")
+        # SQLite reads the largest inbox id (``insert_events``); PostgreSQL reserves the batch's inbox ids, so that
+        # no write needs the answer of another (``pipeline``).
+        last = ("(SELECT array_agg(nextval(pg_get_serial_sequence('inbound_events', 'id'))) "
+                "FROM generate_series(1, $5::integer))" if self.postgres else "(SELECT max(id) FROM inbound_events)")
+        self._prefetch = (f"SELECT ({by_event_id}), ({by_fingerprint}), "
+                          f"({found.format(keys.format(mark.format(4)))}), {last}")
         self._lock = f"SELECT ({found.format(keys.format(mark.format(2)))})"
         if self.postgres:
             snapshot = UPDATE_COLUMNS[2:]
@@ -240,6 +264,13 @@ class _Statements:
 
             return psycopg.RawCursor(dbapi_connection)
         return dbapi_connection.cursor()
+
+    def pipeline(self, dbapi_connection: Any) -> contextlib.AbstractContextManager[Any]:
+        """PostgreSQL: psycopg's pipeline mode until the block ends, which waits for every result (and raises the
+        first error); SQLite runs each statement as it comes."""
+        if self.postgres:
+            return cast(contextlib.AbstractContextManager[Any], dbapi_connection.pipeline())
+        return contextlib.nullcontext()
 
     @staticmethod
     def _times(table: Table, names: Sequence[str]) -> tuple[int, ...]:
@@ -296,12 +327,21 @@ class _Statements:
         return found
 
     def prefetch(self, cur: Any, provider: str, event_ids: Sequence[str], fingerprints: Sequence[str],
-                 pcids: Sequence[str]) -> tuple[dict[str, int], dict[str, int], dict[str, _Customer], int]:
+                 pcids: Sequence[str], ids: _InboxIds) -> tuple[dict[str, int], dict[str, int], dict[str, _Customer]]:
         """Ids of first deliveries already stored (by event id, by fingerprint); the customers with these provider
-        ids, locked; the largest inbox id. One statement, one row."""
-        cur.execute(self._prefetch, (provider, json.dumps(list(event_ids)), json.dumps(list(fingerprints)),
-                                     json.dumps(sorted(pcids))))
-        by_event_id, by_fingerprint, found, last_id = cur.fetchone()
+        ids, locked. Also where the batch's inbox ids come from (into ``ids``): on SQLite the largest inbox id, on
+        PostgreSQL ``ids.wanted`` ids reserved from the sequence. One statement, one row."""
+        params: list[Any] = [provider, json.dumps(list(event_ids)), json.dumps(list(fingerprints)),
+                             json.dumps(sorted(pcids))]
+        if self.postgres:
+            params.append(ids.wanted)
+            ids.wanted = 0  # a batch with several providers reserves them all in its first prefetch
+        cur.execute(self._prefetch, params)
+        by_event_id, by_fingerprint, found, last = cur.fetchone()
+        if self.postgres:
+            ids.reserved.extend(sorted(last or ()))
+        else:
+            ids.last = max(ids.last, int(last or 0))
         by_id: dict[str, int] = {}
         by_print: dict[str, int] = {}
         for row_id, event_id, fingerprint in (self._json(by_event_id) or []) + (self._json(by_fingerprint) or []):
@@ -309,7 +349,7 @@ class _Statements:
                 by_id[event_id] = row_id
             if fingerprint is not None:
                 by_print[fingerprint] = row_id
-        return by_id, by_print, self._customers(found), int(last_id or 0)
+        return by_id, by_print, self._customers(found)
 
     def lock_customers(self, cur: Any, provider: str, pcids: Sequence[str]) -> dict[str, _Customer]:
         """Customers by provider id (locked on PostgreSQL; SQLite holds the write lock already)."""
@@ -324,13 +364,13 @@ class _Statements:
             self._insert(cur, self._new_customer_head, self._prepare(rows, self._new_customer_times),
                          self._new_customer_tail)
 
-    def update_customers(self, cur: Any, changes: Sequence[_Update], now: datetime) -> int:
+    def update_customers(self, cur: Any, changes: Sequence[_Update], now: datetime) -> Callable[[], int]:
         """Write each customer's new snapshot and what follows its move, where the row still has the version
-        read; returns how many rows matched."""
+        read. Returns how to count the rows matched: in pipeline mode, only once the pipeline has synced."""
         if not changes:
-            return 0
+            return lambda: 0
         matched = 0
-        if self.postgres:  # every column, one statement a chunk
+        if self.postgres:  # every column, one statement (and cursor, for its row count) a chunk
             rows = []
             for change in changes:
                 values = queries.snapshot_values(change.after)
@@ -338,11 +378,22 @@ class _Statements:
                 rows.append((change.customer.id, change.customer.snapshot.version,
                              *(values[n] for n in queries.SNAPSHOT_FIELDS),
                              *(follow[n] if n in follow else context[n] for n in FOLLOW_COLUMNS), now))
+            cursors = []
             for chunk in _chunks(rows):
                 values_sql = self._values(len(chunk), len(UPDATE_COLUMNS), self._update_casts)
-                cur.execute(self._update_head + values_sql + self._update_tail, [v for row in chunk for v in row])
-                matched += cur.rowcount
-            return matched
+                chunk_cursor = self.cursor(cur.connection)
+                chunk_cursor.execute(self._update_head + values_sql + self._update_tail,
+                                     [v for row in chunk for v in row])
+                cursors.append(chunk_cursor)
+
+            def counted() -> int:
+                total = 0
+                for chunk_cursor in cursors:
+                    total += chunk_cursor.rowcount
+                    chunk_cursor.close()
+                return total
+
+            return counted
         # SQLite updates an index only when the statement sets one of its columns: set only what changed,
         # one statement for the customers that changed the same columns.
         stamp = _sqlite_time(now)
@@ -365,27 +416,27 @@ class _Statements:
                 cur.execute(head + values_sql + ") AS v WHERE customers.id = v.column1 "
                             "AND customers.version = v.column2", [stamp, *(v for row in chunk for v in row)])
                 matched += cur.rowcount
-        return matched
+        return lambda: matched
 
-    def insert_events(self, cur: Any, rows: Sequence[Sequence[Any]], last_id: int) -> list[int]:
-        """Inbox rows in ``EVENT_COLUMNS`` order; returns their ids in order. Rows are inserted in order and ids
-        handed out in insertion order (SQLite rowids, a PostgreSQL sequence), so the sorted ids match the rows.
-        SQLite: ``last_id`` is the largest id before these rows; the transaction holds the write lock, so the
+    def insert_events(self, cur: Any, rows: Sequence[Sequence[Any]], ids: _InboxIds) -> list[int]:
+        """Inbox rows in ``EVENT_COLUMNS`` order; returns their ids in order. PostgreSQL: the next of the ids the
+        prefetch reserved, written with the rows (nothing to wait for). SQLite: rowids are handed out in insertion
+        order above ``ids.last``, the largest id before these rows; the transaction holds the write lock, so the
         ids above it are these rows' (read back in one step, not one step per RETURNING row)."""
-        prepared = self._prepare(rows, self._event_times)
-        ids: list[int] = []
         if self.postgres:
-            for chunk in _chunks(prepared):
-                values = self._values(len(chunk), len(EVENT_COLUMNS))
-                cur.execute(self._insert_events_head + values + " RETURNING id", [v for row in chunk for v in row])
-                ids.extend(sorted(row[0] for row in cur.fetchall()))
-        else:
-            self._insert(cur, self._insert_events_head, prepared)
-            cur.execute(self._event_ids, (last_id,))
-            ids = self._json(cur.fetchone()[0])
-        if len(ids) != len(rows):
-            raise RuntimeError(f"inserted {len(rows)} inbox rows but got {len(ids)} ids back")
-        return ids
+            given, ids.reserved[:] = ids.reserved[:len(rows)], ids.reserved[len(rows):]
+            if len(given) != len(rows):
+                raise RuntimeError(f"{len(rows)} inbox rows but only {len(given)} ids reserved")
+            self._insert(cur, self._insert_events_with_ids_head,
+                         [(row_id, *row) for row_id, row in zip(given, rows, strict=True)])
+            return given
+        self._insert(cur, self._insert_events_head, self._prepare(rows, self._event_times))
+        cur.execute(self._event_ids, (ids.last,))
+        found: list[int] = self._json(cur.fetchone()[0])
+        if len(found) != len(rows):
+            raise RuntimeError(f"inserted {len(rows)} inbox rows but got {len(found)} ids back")
+        ids.last = max(found, default=ids.last)
+        return found
 
     def insert_history(self, cur: Any, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -475,7 +526,8 @@ class Ingestor:
                 return IngestResult("rejected", row.id, None, str(exc))
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                applied, changes, resolving = self._apply(cursor, [(row.id, parsed)], now)
+                applied, changes, resolving, verify = self._apply(cursor, [(row.id, parsed)], now)
+                verify()
             finally:
                 cursor.close()
             result = applied[0]
@@ -497,9 +549,12 @@ class Ingestor:
                      ) -> tuple[list[IngestResult], list[dict[str, Any]]]:
         with conn.begin():
             # The driver's cursor, inside the transaction SQLAlchemy began (and will commit or roll back).
-            cursor = self.statements.cursor(conn.connection.dbapi_connection)
+            dbapi_connection = conn.connection.dbapi_connection
+            cursor = self.statements.cursor(dbapi_connection)
             try:
-                results, changes, resolving = self._ingest(cursor, deliveries)
+                with self.statements.pipeline(dbapi_connection):
+                    results, changes, resolving, verify = self._ingest(cursor, deliveries)
+                verify()  # every statement's result is in: before anything else, and before COMMIT
             finally:
                 cursor.close()
             notable = [(result.customer_id, delivery.parsed, result.outcome)
@@ -553,7 +608,7 @@ class Ingestor:
         queries.update_customers(conn, list(flagged.values()))
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery]
-                ) -> tuple[list[IngestResult], list[dict[str, Any]], list[int]]:
+                ) -> tuple[list[IngestResult], list[dict[str, Any]], list[int], Callable[[], None]]:
         db = self.statements
         now = self.clock.now()
         first_of: dict[tuple[str, str, str], int] = {}  # (provider, kind, key) -> delivery index
@@ -562,12 +617,13 @@ class Ingestor:
             by_provider.setdefault(delivery.provider, []).append(index)
         stored: dict[tuple[str, str, str], int] = {}
         found: dict[str, dict[str, _Customer]] = {}  # provider -> provider customer id -> customer
-        last_id = 0
+        inbox_ids = _InboxIds(wanted=len(deliveries))
         for provider, indexes in by_provider.items():
             parsed = [p for p in (deliveries[i].parsed for i in indexes) if p is not None]
-            by_id, by_print, found[provider], last_id = db.prefetch(
+            by_id, by_print, found[provider] = db.prefetch(
                 cur, provider, [p.event_id for p in parsed if p.event_id], [p.fingerprint for p in parsed],
                 list({p.provider_customer_id for p in parsed if p.signal is not None and p.provider_customer_id}),
+                inbox_ids,
             )
             stored.update({(provider, "id", k): v for k, v in by_id.items()})
             stored.update({(provider, "print", k): v for k, v in by_print.items()})
@@ -590,7 +646,7 @@ class Ingestor:
                 first_of[key] = index
             fresh.append(index)
 
-        applied_list, changes, resolving = self._apply(
+        applied_list, changes, resolving, verify = self._apply(
             cur, [(None, deliveries[i].parsed) for i in fresh], now, found)  # type: ignore[misc]
         applied = dict(zip(fresh, applied_list, strict=True))
 
@@ -603,10 +659,10 @@ class Ingestor:
                 continue
             rows.append(self._row(delivery, applied.get(index), duplicate_of.get(index), {}, now))
             order.append(index)
-        ids = dict(zip(order, db.insert_events(cur, rows, last_id), strict=True))
+        ids = dict(zip(order, db.insert_events(cur, rows, inbox_ids), strict=True))
         if later:
             rows = [self._row(deliveries[i], None, duplicate_of[i], ids, now) for i in later]
-            ids.update(zip(later, db.insert_events(cur, rows, max(ids.values(), default=last_id)), strict=True))
+            ids.update(zip(later, db.insert_events(cur, rows, inbox_ids), strict=True))
 
         history_rows = []
         for index, result in applied.items():
@@ -625,15 +681,16 @@ class Ingestor:
             else:
                 result = applied[index]
                 results.append(IngestResult(result.outcome, ids[index], result.customer_id, result.reason))
-        return results, changes, resolving
+        return results, changes, resolving, verify
 
     def _apply(self, cur: Any, items: Sequence[tuple[int | None, ParsedEvent]], now: datetime,
                prefetched: dict[str, dict[str, _Customer]] | None = None
-               ) -> tuple[list[_Applied], list[dict[str, Any]], list[int]]:
+               ) -> tuple[list[_Applied], list[dict[str, Any]], list[int], Callable[[], None]]:
         """Decide every event against its customer (in order), write customers (with what follows each move,
         ``_moved``) and, for reprocessing, history. ``prefetched``: the customers already read and locked, by
-        provider. Returns the per-event results, the change notices and the customers whose open tier alerts
-        are to be resolved."""
+        provider. Returns the per-event results, the change notices, the customers whose open tier alerts
+        are to be resolved, and the check that every customer written still had the version read (it raises
+        ``RetryBatch``; in pipeline mode, call it once the pipeline has synced)."""
         db = self.statements
         by_provider: dict[str, set[str]] = {}
         for _, event in items:
@@ -697,10 +754,14 @@ class Ingestor:
                     resolving.append(customer.id)
             if after != customer.snapshot or follow:
                 updates.append(_Update(customer, after, follow))
-        if db.update_customers(cur, updates, now) != len(updates):
-            raise RetryBatch()
+        matched = db.update_customers(cur, updates, now)
+
+        def verify() -> None:
+            if matched() != len(updates):
+                raise RetryBatch()
+
         db.insert_history(cur, moved_history)
-        return results, changes, resolving
+        return results, changes, resolving, verify
 
     def _moved(self, provider: str, customer: _Customer, after: Snapshot, now: datetime
                ) -> tuple[dict[str, Any], bool]:

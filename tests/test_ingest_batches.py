@@ -1,0 +1,169 @@
+"""One group-commit batch, through the writer the server uses (tracker.ingest._Writer), without HTTP.
+
+Every delivery of a batch gets its own inbox row; copies point at their original, moves at the inbox row that
+caused them, whatever mix of providers, customers and copies the batch holds. On PostgreSQL the batch's writes
+go in one round trip (psycopg's pipeline mode, inbox ids reserved by the prefetch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import blaaiz_event
+from tracker.bootstrap import Container
+from tracker.clock import FakeClock
+from tracker.db.tables import customers, history, inbound_events
+from tracker.ingest import Delivery, IngestResult, _Writer
+from tracker.providers import blaaiz, connectfi
+from tracker.providers.simulators.connectfi import ConnectFiSimulator
+
+
+@pytest.fixture
+def writer(container: Container) -> Iterator[_Writer]:
+    kept = _Writer(container.ingestor)
+    yield kept
+    kept.close()
+
+
+def blaaiz_delivery(clock: FakeClock, pcid: str, status: str, **fields: Any) -> Delivery:
+    payload = blaaiz_event(pcid, status, **fields)
+    return Delivery("blaaiz", clock.now(), json.dumps(payload).encode(), {}, blaaiz.parse(payload))
+
+
+def inbox(container: Container) -> dict[int, Any]:
+    with container.engine.connect() as conn:
+        return {row.id: row for row in conn.execute(select(inbound_events))}
+
+
+def test_a_mixed_batch_stores_every_delivery_once_with_its_links(container: Container, clock: FakeClock,
+                                                                 writer: _Writer) -> None:
+    """Two providers, a copy of a delivery in the same batch, a customer never seen, a body that cannot be read,
+    moves: each delivery has its own inbox row, the copy points at its original, each history row at the
+    delivery that moved the customer."""
+    writer.ingest([blaaiz_delivery(clock, f"cus_{n}", "PROCESSING") for n in range(3)])
+    sim = ConnectFiSimulator(clock=clock)
+    sim.add_application("app_1", "cf_cust_1", "waiting_review")
+    callback = sim.callback("app_1")
+    verified = blaaiz_delivery(clock, "cus_0", "VERIFIED", event_id="evt_verified_0")
+    batch = [
+        verified,
+        blaaiz_delivery(clock, "cus_1", "REJECTED", comment="Cropped document"),
+        Delivery("connectfi", clock.now(), callback, {}, connectfi.parse(json.loads(callback))),
+        blaaiz_delivery(clock, "cus_0", "VERIFIED", event_id="evt_verified_0"),  # a copy, in the same batch
+        blaaiz_delivery(clock, "cus_new", "PROCESSING"),  # never registered: discovered
+        Delivery("blaaiz", clock.now(), b"{nope", {}, None, "the body is not valid JSON"),
+        blaaiz_delivery(clock, "cus_2", "VERIFIED"),
+    ]
+    before = set(inbox(container))
+    results: list[IngestResult] = writer.ingest(batch)
+
+    assert [r.outcome for r in results] == ["accepted", "accepted", "accepted", "duplicate", "accepted",
+                                            "rejected", "accepted"]
+    ids = [r.event_id for r in results]
+    rows = inbox(container)
+    assert len(set(ids)) == len(batch)
+    assert set(rows) - before == set(ids)
+    assert [rows[i].provider for i in ids] == ["blaaiz", "blaaiz", "connectfi", "blaaiz", "blaaiz", "blaaiz",
+                                               "blaaiz"]
+    assert rows[ids[3]].duplicate_of == ids[0]
+    assert rows[ids[0]].duplicate_of is None
+    assert rows[ids[5]].outcome == "rejected"
+    with container.engine.connect() as conn:
+        state = dict(conn.execute(select(customers.c.provider_customer_id, customers.c.state)).all())
+        moves = conn.execute(select(history.c.customer_id, history.c.event_id, history.c.to_state)
+                             .where(history.c.event_id.in_(ids))).all()
+    assert (state["cus_0"], state["cus_1"], state["cf_cust_1"], state["cus_new"], state["cus_2"]) == (
+        "verified", "rejected", "pending", "pending", "verified")
+    assert sorted((event_id, to_state) for _, event_id, to_state in moves) == sorted([
+        (ids[0], "verified"), (ids[1], "rejected"), (ids[2], "pending"), (ids[4], "pending"),
+        (ids[6], "verified")])
+    for customer_id, event_id, _ in moves:
+        assert rows[event_id].customer_id == customer_id
+    later = writer.ingest([blaaiz_delivery(clock, "cus_1", "PROCESSING")])
+    assert later[0].event_id > max(ids)  # the next batch's ids come after
+
+
+def waits(trace: str) -> int:
+    """How often the client waited for the server, from libpq's trace of what it sent: each Sync (the end of a
+    pipeline or of a statement), each simple query, each Flush that asks for a result in a pipeline."""
+    sent = [line.split("\t")[2].split(" ")[0] for line in trace.splitlines() if line.split("\t")[0] == "F"]
+    return sum(1 for n, kind in enumerate(sent)
+               if kind in ("Sync", "Query") or (kind == "Flush" and (n == 0 or sent[n - 1] != "Sync")))
+
+
+def test_a_postgres_batch_waits_for_the_server_four_times_whatever_its_size(container: Container,
+                                                                            clock: FakeClock, writer: _Writer
+                                                                            ) -> None:
+    """BEGIN, the prefetch (which reserves the inbox ids), every write at once, COMMIT: without the pipeline
+    each write (customers, inbox with RETURNING, history) waited for its own answer."""
+    if container.engine.dialect.name != "postgresql":
+        pytest.skip("psycopg's pipeline mode")
+    from psycopg import pq
+
+    for size in (1, 12):
+        pcids = [f"cus_{size}_{n}" for n in range(size)]
+        writer.ingest([blaaiz_delivery(clock, pcid, "PROCESSING") for pcid in pcids])  # known, pending
+        assert writer._conn is not None
+        pgconn = writer._conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+        with tempfile.TemporaryFile("w+") as trace:
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                results = writer.ingest([blaaiz_delivery(clock, pcid, "VERIFIED") for pcid in pcids])
+            finally:
+                pgconn.untrace()
+            trace.seek(0)
+            text = trace.read()
+        assert [r.outcome for r in results] == ["accepted"] * size
+        assert waits(text) == 4, text
+        with container.engine.connect() as conn:
+            assert conn.execute(select(history.c.event_id).where(history.c.to_state == "verified",
+                                                                  history.c.event_id.in_([r.event_id for r in results]))
+                                ).scalars().all()
+
+
+def test_a_postgres_batch_that_collides_at_the_end_of_its_pipeline_is_run_again(
+        container: Container, clock: FakeClock, writer: _Writer, caplog: pytest.LogCaptureFixture) -> None:
+    """Another transaction stores the same event and commits while the batch waits for the customer's lock:
+    the batch's prefetch read the inbox before that commit, so its insert breaks the unique index, which the
+    pipeline reports only at its end. The batch is rolled back and run again, and then finds the copy."""
+    if container.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks and pipeline mode")
+    caplog.set_level(logging.INFO, logger="tracker.ingest")
+    writer.ingest([blaaiz_delivery(clock, "cus_race", "PROCESSING")])
+    delivery = blaaiz_delivery(clock, "cus_race", "VERIFIED", event_id="evt_race")
+    assert delivery.parsed is not None
+    outcome: list[Any] = []
+    with container.engine.connect() as other:
+        other.begin()
+        customer_id = other.execute(select(customers.c.id).where(customers.c.provider_customer_id == "cus_race")
+                                    .with_for_update()).scalar_one()
+        first = other.execute(inbound_events.insert().returning(inbound_events.c.id).values(
+            provider="blaaiz", event_id="evt_race", fingerprint=delivery.parsed.fingerprint, body=delivery.body,
+            customer_id=customer_id, received_at=clock.now(), processed_at=clock.now(), outcome="accepted",
+        )).scalar_one()
+        batch = threading.Thread(target=lambda: outcome.append(writer.ingest([delivery])))
+        batch.start()
+        deadline = time.monotonic() + 10
+        while not other.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND wait_event_type = 'Lock'").scalar_one():
+            assert time.monotonic() < deadline, "the batch never waited for the customer's lock"
+            time.sleep(0.01)  # polling a condition, bounded by the deadline
+        other.commit()
+    batch.join(10)
+    assert not batch.is_alive()
+    assert "ingest batch retried after a concurrent write (UniqueViolation)" in caplog.messages
+    [result] = outcome[0]
+    assert result.outcome == "duplicate"
+    assert inbox(container)[result.event_id].duplicate_of == first
+    with container.engine.connect() as conn:
+        assert conn.execute(select(customers.c.state).where(customers.c.id == customer_id)).scalar_one() == "pending"
