@@ -23,10 +23,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -265,12 +265,21 @@ class _Statements:
             return psycopg.RawCursor(dbapi_connection)
         return dbapi_connection.cursor()
 
-    def pipeline(self, dbapi_connection: Any) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def pipeline(self, cur: Any) -> Iterator[None]:
         """PostgreSQL: psycopg's pipeline mode until the block ends, which waits for every result (and raises the
-        first error); SQLite runs each statement as it comes."""
-        if self.postgres:
-            return cast(contextlib.AbstractContextManager[Any], dbapi_connection.pipeline())
-        return contextlib.nullcontext()
+        first error). On a connection in autocommit mode (the writer's, ``_Writer``) the block starts with
+        BEGIN, queued with the first statement: psycopg would otherwise send its own BEGIN alone and wait for
+        it (one more round trip a batch). COMMIT or ROLLBACK stay with the caller's transaction, as usual:
+        psycopg sends them whenever the server has a transaction open, autocommit or not.
+        SQLite runs each statement as it comes."""
+        if not self.postgres:
+            yield
+            return
+        with cur.connection.pipeline():
+            if cur.connection.autocommit:
+                cur.execute("BEGIN")
+            yield
 
     @staticmethod
     def _times(table: Table, names: Sequence[str]) -> tuple[int, ...]:
@@ -549,10 +558,9 @@ class Ingestor:
                      ) -> tuple[list[IngestResult], list[dict[str, Any]]]:
         with conn.begin():
             # The driver's cursor, inside the transaction SQLAlchemy began (and will commit or roll back).
-            dbapi_connection = conn.connection.dbapi_connection
-            cursor = self.statements.cursor(dbapi_connection)
+            cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                with self.statements.pipeline(dbapi_connection):
+                with self.statements.pipeline(cursor):
                     results, changes, resolving, verify = self._ingest(cursor, deliveries)
                 verify()  # every statement's result is in: before anything else, and before COMMIT
             finally:
@@ -1009,6 +1017,8 @@ class _Writer:
         try:
             if self._conn is None:
                 conn = self.ingestor.connect()
+                if self.ingestor.statements.postgres:  # the batch sends its own BEGIN (``_Statements.pipeline``)
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 if self.checkpoints:
                     conn.connection.driver_connection.execute(  # type: ignore[union-attr]
                         f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
