@@ -554,11 +554,17 @@ def test_conflicts_and_undocumented_statuses_in_one_batch_alert_once_each_with_t
 
     ingestor = container.ingestor
     ingestor.ingest([delivery(f"cus_v{n}", "VERIFIED", 0) for n in range(3)])
+    with container.engine.begin() as conn:  # what a registration would have set: the notice names it
+        conn.execute(customers.update().where(customers.c.provider_customer_id == "cus_v1").values(
+            reference="user-v1"))
     inserts: list[str] = []
+    reads: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith(("INSERT INTO ALERTS", "INSERT INTO NOTIFICATIONS")):
             inserts.append(statement.split("(")[0].strip())
+        if statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
 
     event.listen(container.engine, "before_cursor_execute", count)
     try:
@@ -568,6 +574,7 @@ def test_conflicts_and_undocumented_statuses_in_one_batch_alert_once_each_with_t
     finally:
         event.remove(container.engine, "before_cursor_execute", count)
     assert inserts == ["INSERT INTO alerts", "INSERT INTO notifications"]
+    assert reads == []  # the alerts name the customers as the batch wrote them, without reading them back
     assert [r.outcome for r in results[:3]] == ["conflict"] * 3
     with container.engine.connect() as conn:
         raised = conn.execute(select(alerts.c.kind, alerts.c.customer_id, alerts.c.id).order_by(alerts.c.id)).all()
@@ -576,6 +583,11 @@ def test_conflicts_and_undocumented_statuses_in_one_batch_alert_once_each_with_t
     assert len({(kind, customer) for kind, customer, _ in raised if kind == "unknown_status"}) == 2
     channels = container.effects.alerts.channels
     assert sorted(notices) == sorted((alert_id, channel) for _, _, alert_id in raised for channel in channels)
+    with container.engine.connect() as conn:
+        payloads = [json.loads(p) for p in conn.execute(select(notifications.c.payload)).scalars()]
+        by_pcid = dict(conn.execute(select(customers.c.provider_customer_id, customers.c.id)).all())
+    conflict = [p for p in payloads if p["kind"] == "conflict" and p["provider_customer_id"] == "cus_v1"]
+    assert [(p["customer_id"], p["reference"]) for p in conflict] == [(by_pcid["cus_v1"], "user-v1")]
 
 
 def test_raise_alerts_refuses_tier_alerts_which_may_fold_into_an_incident(container: Container, clock) -> None:

@@ -114,6 +114,20 @@ class RetryBatch(Exception):
 
 
 @dataclass
+class _Applying:
+    """What ``Ingestor._apply`` did: the per-event results, the change notices, the customers whose open tier
+    alerts are to be resolved, each customer as the transaction leaves it (by id), and ``verify``: the check
+    that every customer written still had the version read (raises ``RetryBatch``; in pipeline mode, call it
+    once the pipeline has synced)."""
+
+    results: list[_Applied]
+    changes: list[dict[str, Any]]
+    resolving: list[int]
+    verify: Callable[[], None]
+    written: dict[int, dict[str, Any]]
+
+
+@dataclass
 class _InboxIds:
     """Where a batch's inbox ids come from: ids reserved by the prefetch (PostgreSQL: ``wanted`` of them, handed
     out in order), or the largest id so far (SQLite, which assigns the next ones itself)."""
@@ -132,8 +146,9 @@ HISTORY_COLUMNS = ("customer_id", "from_state", "to_state", "trigger", "source",
                    "provider_time", "recorded_at", "actor", "comment", "version")
 # What follows a move besides the snapshot (``Ingestor._moved``): written in the same UPDATE.
 FOLLOW_COLUMNS = ("last_signal_at", "next_poll_at", "tier", "deadline_at", "deadline_tier")
-# What that needs to know of the customer beyond the snapshot.
-CONTEXT_COLUMNS = ("customer_type", "last_polled_at", *FOLLOW_COLUMNS)
+# What that needs to know of the customer beyond the snapshot, and what alerts and their notices name
+# (``Ingestor._follow_up`` builds them from the batch's own rows).
+CONTEXT_COLUMNS = ("customer_type", "last_polled_at", *FOLLOW_COLUMNS, "reference", "flags")
 # The customer as the batch reads it: id, provider id, the snapshot, then the context.
 CUSTOMER_COLUMNS = ("id", "provider_customer_id", *queries.SNAPSHOT_FIELDS, *CONTEXT_COLUMNS)
 _CONTEXT_AT = 2 + len(queries.SNAPSHOT_FIELDS)
@@ -535,13 +550,13 @@ class Ingestor:
                 return IngestResult("rejected", row.id, None, str(exc))
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
-                applied, changes, resolving, verify = self._apply(cursor, [(row.id, parsed)], now)
-                verify()
+                applying = self._apply(cursor, [(row.id, parsed)], now)
+                applying.verify()
             finally:
                 cursor.close()
-            result = applied[0]
-            self._follow_up(conn, resolving, [(result.customer_id, parsed, result.outcome)]
-                            if result.customer_id is not None else [])
+            result, changes = applying.results[0], applying.changes
+            self._follow_up(conn, applying.resolving, [(result.customer_id, parsed, result.outcome)]
+                            if result.customer_id is not None else [], applying.written)
             # The stored outcome is the event's first effect; a replay overwrites it only where that effect was
             # a failure, or where the replay itself moved the customer.
             if row.outcome in ("error", "rejected") or result.outcome == "accepted":
@@ -561,24 +576,26 @@ class Ingestor:
             cursor = self.statements.cursor(conn.connection.dbapi_connection)
             try:
                 with self.statements.pipeline(cursor):
-                    results, changes, resolving, verify = self._ingest(cursor, deliveries)
-                verify()  # every statement's result is in: before anything else, and before COMMIT
+                    results, applying = self._ingest(cursor, deliveries)
+                applying.verify()  # every statement's result is in: before anything else, and before COMMIT
             finally:
                 cursor.close()
             notable = [(result.customer_id, delivery.parsed, result.outcome)
                        for delivery, result in zip(deliveries, results, strict=True)
                        if result.customer_id is not None and delivery.parsed is not None
                        and (result.outcome == "conflict" or delivery.parsed.unknown_status)]
-            self._follow_up(conn, resolving, notable)
-            return results, changes
+            self._follow_up(conn, applying.resolving, notable, applying.written)
+            return results, applying.changes
 
     def _follow_up(self, conn: Connection, resolving: Sequence[int],
-                   events: Sequence[tuple[int, ParsedEvent | None, str]]) -> None:
+                   events: Sequence[tuple[int, ParsedEvent | None, str]],
+                   written: Mapping[int, Mapping[str, Any]]) -> None:
         """The rarer effects, through SQLAlchemy on the same connection and transaction, after the batch's customers
         are written (what follows every move is written with them, ``_moved``): the open tier alerts of
         ``resolving`` (customers that left ``pending`` escalated) are resolved; conflict alerts and (once per
         customer and value) undocumented-status alerts are raised for ``events`` (customer id, event, outcome).
-        The customers are read back in one statement; this transaction holds their locks already."""
+        The customers are those the batch wrote, as it left them (``written``: no statement to read them back);
+        one whose event failed to apply is read back (this transaction holds its lock already)."""
         if self.effects is None:
             return
         notable = [(customer_id, event, outcome) for customer_id, event, outcome in events
@@ -588,7 +605,9 @@ class Ingestor:
         if not wanted:
             return
         now = self.clock.now()
-        rows: dict[int, Mapping[str, Any] | RowMapping] = dict(queries.customers_by_id(conn, wanted))
+        rows: dict[int, Mapping[str, Any] | RowMapping] = {i: written[i] for i in wanted if i in written}
+        if len(rows) < len(wanted):  # a customer whose event failed to apply (not written): read back
+            rows.update(queries.customers_by_id(conn, wanted - rows.keys()))
         for customer_id in resolving:
             if customer_id in rows:
                 self.effects.on_leaving_escalated(conn, rows[customer_id], now)
@@ -615,8 +634,7 @@ class Ingestor:
         raise_alerts(conn, self.effects.alerts, raised, now)
         queries.update_customers(conn, list(flagged.values()))
 
-    def _ingest(self, cur: Any, deliveries: Sequence[Delivery]
-                ) -> tuple[list[IngestResult], list[dict[str, Any]], list[int], Callable[[], None]]:
+    def _ingest(self, cur: Any, deliveries: Sequence[Delivery]) -> tuple[list[IngestResult], _Applying]:
         db = self.statements
         now = self.clock.now()
         first_of: dict[tuple[str, str, str], int] = {}  # (provider, kind, key) -> delivery index
@@ -654,9 +672,8 @@ class Ingestor:
                 first_of[key] = index
             fresh.append(index)
 
-        applied_list, changes, resolving, verify = self._apply(
-            cur, [(None, deliveries[i].parsed) for i in fresh], now, found)  # type: ignore[misc]
-        applied = dict(zip(fresh, applied_list, strict=True))
+        applying = self._apply(cur, [(None, deliveries[i].parsed) for i in fresh], now, found)  # type: ignore[misc]
+        applied = dict(zip(fresh, applying.results, strict=True))
 
         rows: list[tuple[Any, ...]] = []
         order: list[int] = []
@@ -677,7 +694,7 @@ class Ingestor:
             if result.decision is not None and result.decision.moved:
                 history_rows.append(self._history_row(result, deliveries[index].parsed, ids[index], now))
         db.insert_history(cur, history_rows)
-        for change in changes:
+        for change in applying.changes:
             if change.get("_event_index") is not None:
                 change["event_id"] = ids[fresh[change.pop("_event_index")]]
         results = []
@@ -689,16 +706,13 @@ class Ingestor:
             else:
                 result = applied[index]
                 results.append(IngestResult(result.outcome, ids[index], result.customer_id, result.reason))
-        return results, changes, resolving, verify
+        return results, applying
 
     def _apply(self, cur: Any, items: Sequence[tuple[int | None, ParsedEvent]], now: datetime,
-               prefetched: dict[str, dict[str, _Customer]] | None = None
-               ) -> tuple[list[_Applied], list[dict[str, Any]], list[int], Callable[[], None]]:
+               prefetched: dict[str, dict[str, _Customer]] | None = None) -> _Applying:
         """Decide every event against its customer (in order), write customers (with what follows each move,
         ``_moved``) and, for reprocessing, history. ``prefetched``: the customers already read and locked, by
-        provider. Returns the per-event results, the change notices, the customers whose open tier alerts
-        are to be resolved, and the check that every customer written still had the version read (it raises
-        ``RetryBatch``; in pipeline mode, call it once the pipeline has synced)."""
+        provider."""
         db = self.statements
         by_provider: dict[str, set[str]] = {}
         for _, event in items:
@@ -753,6 +767,7 @@ class Ingestor:
                     moved_history.append(self._history_row(results[-1], event, event_row_id, now))
         updates = []
         resolving: list[int] = []
+        written: dict[int, dict[str, Any]] = {}  # each customer as this transaction leaves it
         for key, after in snapshots.items():
             customer = rows[key]
             follow: dict[str, Any] = {}
@@ -762,6 +777,8 @@ class Ingestor:
                     resolving.append(customer.id)
             if after != customer.snapshot or follow:
                 updates.append(_Update(customer, after, follow))
+            written[customer.id] = {**customer.context, **queries.snapshot_values(after), **follow, "id": customer.id,
+                                    "provider": key[0], "provider_customer_id": key[1]}
         matched = db.update_customers(cur, updates, now)
 
         def verify() -> None:
@@ -769,7 +786,7 @@ class Ingestor:
                 raise RetryBatch()
 
         db.insert_history(cur, moved_history)
-        return results, changes, resolving, verify
+        return _Applying(results, changes, resolving, verify, written)
 
     def _moved(self, provider: str, customer: _Customer, after: Snapshot, now: datetime
                ) -> tuple[dict[str, Any], bool]:
