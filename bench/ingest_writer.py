@@ -198,18 +198,11 @@ class StatementTimes:
         times = self
 
         @contextlib.contextmanager
-        def timed(dbapi_connection: Any) -> Iterator[Any]:
-            context = pipeline(dbapi_connection)
-            value = context.__enter__()
-            try:
-                yield value
-            except BaseException:
-                if not context.__exit__(*sys.exc_info()):
-                    raise
-            else:
-                started = time.perf_counter()
-                context.__exit__(None, None, None)
-                times.add("end of pipeline (the writes' answers)", time.perf_counter() - started)
+        def timed(cur: Any) -> Iterator[None]:
+            with pipeline(cur):
+                yield
+                started = time.perf_counter()  # the block's work is done: what follows is the wait
+            times.add("end of pipeline (the writes' answers)", time.perf_counter() - started)
         return timed
 
     def wrap(self, make_cursor: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -124,7 +124,22 @@ class _Applying:
     changes: list[dict[str, Any]]
     resolving: list[int]
     verify: Callable[[], None]
-    written: dict[int, dict[str, Any]]
+    written: dict[int, _Written]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A customer as a transaction leaves it: the row read, its new snapshot, what followed its move. Made into
+    a row (``row``) only for the rare effects that need one (``Ingestor._follow_up``), not for every customer."""
+
+    key: tuple[str, str]  # provider, provider customer id
+    customer: _Customer
+    after: Snapshot
+    follow: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        return {**self.customer.context, **queries.snapshot_values(self.after), **self.follow,
+                "id": self.customer.id, "provider": self.key[0], "provider_customer_id": self.key[1]}
 
 
 @dataclass
@@ -589,7 +604,7 @@ class Ingestor:
 
     def _follow_up(self, conn: Connection, resolving: Sequence[int],
                    events: Sequence[tuple[int, ParsedEvent | None, str]],
-                   written: Mapping[int, Mapping[str, Any]]) -> None:
+                   written: Mapping[int, _Written]) -> None:
         """The rarer effects, through SQLAlchemy on the same connection and transaction, after the batch's customers
         are written (what follows every move is written with them, ``_moved``): the open tier alerts of
         ``resolving`` (customers that left ``pending`` escalated) are resolved; conflict alerts and (once per
@@ -605,7 +620,7 @@ class Ingestor:
         if not wanted:
             return
         now = self.clock.now()
-        rows: dict[int, Mapping[str, Any] | RowMapping] = {i: written[i] for i in wanted if i in written}
+        rows: dict[int, Mapping[str, Any] | RowMapping] = {i: written[i].row() for i in wanted if i in written}
         if len(rows) < len(wanted):  # a customer whose event failed to apply (not written): read back
             rows.update(queries.customers_by_id(conn, wanted - rows.keys()))
         for customer_id in resolving:
@@ -767,7 +782,7 @@ class Ingestor:
                     moved_history.append(self._history_row(results[-1], event, event_row_id, now))
         updates = []
         resolving: list[int] = []
-        written: dict[int, dict[str, Any]] = {}  # each customer as this transaction leaves it
+        written: dict[int, _Written] = {}  # each customer as this transaction leaves it
         for key, after in snapshots.items():
             customer = rows[key]
             follow: dict[str, Any] = {}
@@ -777,8 +792,7 @@ class Ingestor:
                     resolving.append(customer.id)
             if after != customer.snapshot or follow:
                 updates.append(_Update(customer, after, follow))
-            written[customer.id] = {**customer.context, **queries.snapshot_values(after), **follow, "id": customer.id,
-                                    "provider": key[0], "provider_customer_id": key[1]}
+            written[customer.id] = _Written(key, customer, after, follow)
         matched = db.update_customers(cur, updates, now)
 
         def verify() -> None:
