@@ -22,7 +22,8 @@ from sqlalchemy import select
 from tests.conftest import blaaiz_event
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
-from tracker.db.tables import customers, history, inbound_events
+from tracker.db.tables import alerts, customers, history, inbound_events, notifications
+from tracker.errors import DatabaseUnavailable
 from tracker.ingest import Delivery, IngestResult, _Writer
 from tracker.providers import blaaiz, connectfi
 from tracker.providers.simulators.connectfi import ConnectFiSimulator
@@ -101,6 +102,23 @@ def waits(trace: str) -> int:
                if kind in ("Sync", "Query") or (kind == "Flush" and (n == 0 or sent[n - 1] != "Sync")))
 
 
+def traced(writer: _Writer, batch: list[Delivery]) -> tuple[list[IngestResult], str]:
+    """``writer.ingest(batch)`` on PostgreSQL, with libpq's trace of it."""
+    from psycopg import pq
+
+    assert writer._conn is not None
+    pgconn = writer._conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            results = writer.ingest(batch)
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        return results, trace.read()
+
+
 def test_a_postgres_batch_waits_for_the_server_three_times_whatever_its_size(container: Container,
                                                                             clock: FakeClock, writer: _Writer
                                                                             ) -> None:
@@ -109,28 +127,73 @@ def test_a_postgres_batch_waits_for_the_server_three_times_whatever_its_size(con
     waits); with it but psycopg's own BEGIN, four."""
     if container.engine.dialect.name != "postgresql":
         pytest.skip("psycopg's pipeline mode")
-    from psycopg import pq
-
     for size in (1, 12):
         pcids = [f"cus_{size}_{n}" for n in range(size)]
         writer.ingest([blaaiz_delivery(clock, pcid, "PROCESSING") for pcid in pcids])  # known, pending
         assert writer._conn is not None
-        pgconn = writer._conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-        with tempfile.TemporaryFile("w+") as trace:
-            pgconn.trace(trace.fileno())
-            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            try:
-                results = writer.ingest([blaaiz_delivery(clock, pcid, "VERIFIED") for pcid in pcids])
-            finally:
-                pgconn.untrace()
-            trace.seek(0)
-            text = trace.read()
+        results, text = traced(writer, [blaaiz_delivery(clock, pcid, "VERIFIED") for pcid in pcids])
         assert [r.outcome for r in results] == ["accepted"] * size
         assert waits(text) == 3, text
         with container.engine.connect() as conn:
             assert conn.execute(select(history.c.event_id).where(history.c.to_state == "verified",
                                                                   history.c.event_id.in_([r.event_id for r in results]))
                                 ).scalars().all()
+
+
+def test_a_postgres_batch_that_raises_alerts_waits_three_times_too(container: Container, clock: FakeClock,
+                                                                     writer: _Writer) -> None:
+    """Contradictions of verified customers: the conflict alerts go with the batch's writes (their ids read
+    once it has synced), their notices with COMMIT. Through SQLAlchemy, after the pipeline, the alerts and then
+    their notices each waited for the server: five waits."""
+    if container.engine.dialect.name != "postgresql":
+        pytest.skip("psycopg's pipeline mode")
+    pcids = [f"cus_c{n}" for n in range(4)]
+    writer.ingest([blaaiz_delivery(clock, pcid, "VERIFIED") for pcid in pcids])
+    batch = [blaaiz_delivery(clock, pcid, "REJECTED") for pcid in pcids[:3]]
+    batch.append(blaaiz_delivery(clock, pcids[3], "VERIFIED", updated_at="2026-01-06T00:00:00Z"))  # re-sent
+
+    results, text = traced(writer, batch)
+
+    assert [r.outcome for r in results] == ["conflict"] * 3 + ["ignored"]
+    assert waits(text) == 3, text
+    with container.engine.connect() as conn:
+        raised = conn.execute(select(alerts.c.id, alerts.c.customer_id, alerts.c.kind)).all()
+        notices = conn.execute(select(notifications.c.alert_id, notifications.c.key, notifications.c.payload)).all()
+    assert sorted(customer for _, customer, _ in raised) == sorted(r.customer_id for r in results[:3])
+    assert {kind for _, _, kind in raised} == {"conflict"}
+    channels = container.effects.alerts.channels
+    assert len(notices) == 3 * len(channels)
+    for alert_id, key, payload in notices:
+        assert key == f"alert:{alert_id}:trigger"
+        assert json.loads(payload)["alert_id"] == alert_id
+
+
+def test_a_batch_of_many_contradictions_alerts_each_once_with_notices_only_for_new_alerts(
+        container: Container, clock: FakeClock, writer: _Writer) -> None:
+    """70 contradictions in one batch (two statements' worth of alerts, 64 rows each at most), one of them with
+    an alert of its key already open: 69 new alerts, each with its notices, and none again for the one."""
+    pcids = [f"cus_m{n}" for n in range(70)]
+    writer.ingest([blaaiz_delivery(clock, pcid, "VERIFIED") for pcid in pcids])
+    batch = [blaaiz_delivery(clock, pcid, "REJECTED", event_id=f"evt_rej_{pcid}") for pcid in pcids]
+    with container.engine.begin() as conn:
+        first = conn.execute(select(customers.c.id).where(customers.c.provider_customer_id == pcids[0])).scalar()
+        existing = conn.execute(alerts.insert().values(
+            key=f"conflict:customer:{first}:REJECTED:event:evt_rej_{pcids[0]}", kind="conflict", provider="blaaiz",
+            customer_id=first, state="open", title="raised before", opened_at=clock.now(), repeats=0,
+        ).returning(alerts.c.id)).scalar_one()
+
+    results = writer.ingest(batch)
+
+    assert [r.outcome for r in results] == ["conflict"] * 70
+    with container.engine.connect() as conn:
+        raised = dict(conn.execute(select(alerts.c.id, alerts.c.customer_id)).all())
+        notices = conn.execute(select(notifications.c.alert_id, notifications.c.channel)).all()
+    assert len(raised) == 70
+    assert raised[existing] == first
+    assert sorted(raised.values()) == sorted(r.customer_id for r in results)
+    channels = container.effects.alerts.channels
+    assert sorted(notices) == sorted((alert_id, channel) for alert_id in raised if alert_id != existing
+                                     for channel in channels)
 
 
 def test_a_postgres_batch_that_collides_at_the_end_of_its_pipeline_is_run_again(
@@ -188,3 +251,39 @@ def test_a_batch_that_fails_half_way_leaves_nothing_behind(container: Container,
         rows = dict(conn.execute(select(customers.c.provider_customer_id, customers.c.state)).all())
     assert rows == {"cus_half": "pending"}
     assert writer.ingest([moving])[0].outcome == "accepted"
+
+
+def test_a_batch_whose_notices_fail_leaves_nothing_behind(container: Container, clock: FakeClock,
+                                                          writer: _Writer) -> None:
+    """On PostgreSQL COMMIT goes with the notices: when the database refuses them (here a trigger), nothing of
+    the batch is committed, not its alerts, inbox rows or customers, and the writer's next batch starts clean."""
+    writer.ingest([blaaiz_delivery(clock, "cus_n", "VERIFIED"), blaaiz_delivery(clock, "cus_m", "PROCESSING")])
+    before = inbox(container)
+    if container.engine.dialect.name == "postgresql":
+        ddl = ["CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$ BEGIN RAISE EXCEPTION 'notices refused'; END $$",
+               "CREATE TRIGGER refuse BEFORE INSERT ON notifications FOR EACH ROW EXECUTE FUNCTION refuse()"]
+        undo = ["DROP TRIGGER refuse ON notifications", "DROP FUNCTION refuse()"]
+    else:
+        ddl = ["CREATE TRIGGER refuse BEFORE INSERT ON notifications BEGIN SELECT RAISE(ABORT, 'notices refused'); "
+               "END"]
+        undo = ["DROP TRIGGER refuse"]
+    with container.engine.begin() as conn:
+        for statement in ddl:
+            conn.exec_driver_sql(statement)
+    batch = [blaaiz_delivery(clock, "cus_n", "REJECTED"), blaaiz_delivery(clock, "cus_m", "VERIFIED")]
+    try:
+        with pytest.raises(DatabaseUnavailable):  # what the senders are told: 503, retry later
+            writer.ingest(batch)
+    finally:
+        with container.engine.begin() as conn:
+            for statement in undo:
+                conn.exec_driver_sql(statement)
+    assert inbox(container) == before
+    with container.engine.connect() as conn:
+        assert conn.execute(select(alerts.c.id)).all() == []
+        rows = dict(conn.execute(select(customers.c.provider_customer_id, customers.c.state)).all())
+    assert rows == {"cus_n": "verified", "cus_m": "pending"}
+    assert [r.outcome for r in writer.ingest(batch)] == ["conflict", "accepted"]
+    with container.engine.connect() as conn:
+        assert len(conn.execute(select(notifications.c.id)).all()) == len(container.effects.alerts.channels)

@@ -123,24 +123,40 @@ def _alert_values(settings: AlertSettings, kind: str, key: str, provider: str, n
 def raise_alerts(conn: Connection, settings: AlertSettings, new: Sequence[NewAlert], now: datetime) -> int:
     """Several alerts of the kinds that never fold into a provider incident (conflict, unknown_status), each
     once per key, in two statements whatever their number: one for the alerts, one for all their notices.
-    ``raise_alert`` does the same for one. Returns how many were new."""
-    unique: dict[str, NewAlert] = {}
-    for alert in new:
-        unique.setdefault(alert.key, alert)
-    if not unique:
+    ``raise_alert`` does the same for one. Returns how many were new. (The webhook writer runs the same two
+    steps on its own cursor: ``prepare_alerts``, then ``notification_rows_for`` the ids the insert returned.)"""
+    prepared = prepare_alerts(new, settings, now)
+    if not prepared:
         return 0
-    if any(alert.kind in (Tier.OVERDUE, Tier.CRITICAL) for alert in unique.values()):
-        raise ValueError("tier alerts may fold into an incident: raise them one by one with raise_alert")
-    values = {key: _alert_values(settings, a.kind, key, a.provider, now, a.title, a.customer, None, a.detail)
-              for key, a in unique.items()}
-    ids = queries.insert_alerts(conn, list(values.values()))
+    ids = queries.insert_alerts(conn, [values for _, values in prepared.values()])
+    queries.insert_notifications(conn, notification_rows_for(prepared, ids, settings, now))
+    return len(ids)
+
+
+def prepare_alerts(new: Sequence[NewAlert], settings: AlertSettings, now: datetime
+                   ) -> dict[str, tuple[NewAlert, dict[str, Any]]]:
+    """The alerts table's rows for ``new`` (the first of each key), by key. Refuses tier alerts."""
+    prepared: dict[str, tuple[NewAlert, dict[str, Any]]] = {}
+    for alert in new:
+        if alert.kind in (Tier.OVERDUE, Tier.CRITICAL):
+            raise ValueError("tier alerts may fold into an incident: raise them one by one with raise_alert")
+        if alert.key not in prepared:
+            prepared[alert.key] = (alert, _alert_values(settings, alert.kind, alert.key, alert.provider, now,
+                                                        alert.title, alert.customer, None, alert.detail))
+    return prepared
+
+
+def notification_rows_for(prepared: Mapping[str, tuple[NewAlert, dict[str, Any]]], ids: Mapping[str, int],
+                          settings: AlertSettings, now: datetime) -> list[dict[str, Any]]:
+    """The notices (one row per channel) of the alerts that were new: ``ids`` by key, as the insert returned
+    them (a key that existed already is not there)."""
     rows: list[dict[str, Any]] = []
     for key, alert_id in sorted(ids.items(), key=lambda item: item[1]):
-        opened = {**values[key], "id": alert_id}
-        rows += _notification_rows(notice_for(opened, "trigger", now, unique[key].customer), settings.channels, now)
+        alert, values = prepared[key]
+        rows += _notification_rows(notice_for({**values, "id": alert_id}, "trigger", now, alert.customer),
+                                   settings.channels, now)
         log.info("alert %s raised: %s", alert_id, key)
-    queries.insert_notifications(conn, rows)
-    return len(ids)
+    return rows
 
 
 def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: str, provider: str, now: datetime,

@@ -31,11 +31,11 @@ from typing import Any
 from sqlalchemy import Column, Connection, Dialect, Engine, RowMapping, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from tracker.alerts import NewAlert, raise_alerts
+from tracker.alerts import NewAlert, notification_rows_for, prepare_alerts, raise_alerts
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_options
-from tracker.db.tables import customers, history, inbound_events
+from tracker.db.tables import alerts, customers, history, inbound_events, notifications
 from tracker.db.types import UTCDateTime
 from tracker.domain.events import ParsedEvent
 from tracker.domain.lifecycle import Decision, Outcome, Snapshot, State, decide
@@ -127,6 +127,17 @@ class _Applying:
     written: dict[int, _Written]
 
 
+@dataclass
+class _Alerting:
+    """The alerts a batch raised on its own cursor (``Ingestor._raise``): their rows by key, how to read the new
+    ones' ids, the customers' new flags to write, and when."""
+
+    prepared: dict[str, tuple[NewAlert, dict[str, Any]]]
+    ids: Callable[[], dict[str, int]]
+    flagged: list[dict[str, Any]]
+    now: datetime
+
+
 @dataclass(frozen=True)
 class _Written:
     """A customer as a transaction leaves it: the row read, its new snapshot, what followed its move. Made into
@@ -174,6 +185,12 @@ _UPDATE_TIMES = frozenset(n for n in (*queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS)
                           if isinstance(customers.c[n].type, UTCDateTime))
 # Customer update: key, expected version, then the snapshot, what follows a move, and updated_at.
 UPDATE_COLUMNS = ("id", "_old_version", *queries.SNAPSHOT_FIELDS, *FOLLOW_COLUMNS, "updated_at")
+# Conflict and undocumented-status alerts, and their notices (``tracker.alerts.prepare_alerts`` and
+# ``notification_rows_for`` make the rows).
+ALERT_COLUMNS = ("key", "kind", "provider", "customer_id", "attempt", "state", "title", "detail", "opened_at",
+                 "repeats", "next_repeat_at")
+NOTIFICATION_COLUMNS = ("key", "alert_id", "channel", "action", "payload", "state", "attempts", "next_attempt_at",
+                        "created_at")
 
 
 def _snapshot(values: Sequence[Any]) -> Snapshot:
@@ -243,6 +260,8 @@ class _Statements:
         self._event_times = () if self.postgres else self._times(inbound_events, EVENT_COLUMNS)
         self._history_times = () if self.postgres else self._times(history, HISTORY_COLUMNS)
         self._new_customer_times = () if self.postgres else self._times(customers, NEW_CUSTOMER_COLUMNS)
+        self._alert_times = () if self.postgres else self._times(alerts, ALERT_COLUMNS)
+        self._notification_times = () if self.postgres else self._times(notifications, NOTIFICATION_COLUMNS)
         self._values_cache: dict[tuple[int, int, tuple[str, ...]], str] = {}
         self._sqlite_updates: dict[tuple[str, ...], str] = {}
         # Identifiers come from the constants above and the table metadata; values are always bound parameters.
@@ -252,6 +271,11 @@ class _Statements:
         self._insert_history_head = f"INSERT INTO history ({', '.join(HISTORY_COLUMNS)}) VALUES "  # noqa: S608
         self._new_customer_head = f"INSERT INTO customers ({', '.join(NEW_CUSTOMER_COLUMNS)}) VALUES "  # noqa: S608
         self._new_customer_tail = " ON CONFLICT (provider, provider_customer_id) DO NOTHING"
+        self._insert_alerts_head = f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES "  # noqa: S608
+        self._insert_alerts_tail = " ON CONFLICT (key) DO NOTHING RETURNING id, key"
+        self._insert_notifications_head = (f"INSERT INTO notifications ({', '.join(NOTIFICATION_COLUMNS)}) "  # noqa: S608
+                                           "VALUES ")
+        self._insert_notifications_tail = " ON CONFLICT (key, channel) DO NOTHING"
         if self.postgres:
             keys, row, collect, lock = ("ANY(ARRAY(SELECT jsonb_array_elements_text({}::jsonb)))",
                                         "json_build_array({})", "json_agg", " FOR UPDATE")
@@ -481,6 +505,44 @@ class _Statements:
         if rows:
             self._insert(cur, self._insert_history_head, self._prepare(rows, self._history_times))
 
+    def insert_alerts(self, cur: Any, rows: Sequence[Mapping[str, Any]]) -> Callable[[], dict[str, int]]:
+        """Alerts whose keys do not exist yet (each key alerts at most once). Returns how to read the new ones'
+        ids by key: in pipeline mode, only once the pipeline has synced (one cursor a chunk, read then)."""
+        values = self._prepare([[row[n] for n in ALERT_COLUMNS] for row in rows], self._alert_times)
+        cursors = []
+        new: dict[str, int] = {}
+        for chunk in _chunks(values):
+            chunk_cursor = self.cursor(cur.connection) if self.postgres else cur
+            chunk_cursor.execute(self._insert_alerts_head + self._values(len(chunk), len(ALERT_COLUMNS))
+                                 + self._insert_alerts_tail, [v for row in chunk for v in row])
+            if self.postgres:
+                cursors.append(chunk_cursor)
+            else:  # SQLite has run it: read it before the cursor runs anything else
+                new.update({str(key): int(alert_id) for alert_id, key in chunk_cursor.fetchall()})
+
+        def ids() -> dict[str, int]:
+            for chunk_cursor in cursors:
+                new.update({str(key): int(alert_id) for alert_id, key in chunk_cursor.fetchall()})
+                chunk_cursor.close()
+            cursors.clear()
+            return new
+
+        return ids
+
+    def finish(self, cur: Any, notices: Sequence[Mapping[str, Any]]) -> None:
+        """The last write of a batch that raised alerts: their notices (the outbox). On PostgreSQL COMMIT goes
+        in the same round trip; the caller's transaction then finds nothing left to commit (psycopg sends
+        COMMIT only while the server has a transaction open). SQLite leaves COMMIT to the caller."""
+        rows = self._prepare([[row[n] for n in NOTIFICATION_COLUMNS] for row in notices], self._notification_times)
+        if not self.postgres:
+            if rows:
+                self._insert(cur, self._insert_notifications_head, rows, self._insert_notifications_tail)
+            return
+        with cur.connection.pipeline():  # one Sync at the end for both (``connection.commit()`` would add one)
+            if rows:
+                self._insert(cur, self._insert_notifications_head, rows, self._insert_notifications_tail)
+            cur.execute("COMMIT")
+
 
 def _chunks(rows: Sequence[Sequence[Any]], size: int = 64) -> list[Sequence[Sequence[Any]]]:
     """At most ``size`` rows a statement: few distinct statement texts, far from any bound-variable limit."""
@@ -592,15 +654,51 @@ class Ingestor:
             try:
                 with self.statements.pipeline(cursor):
                     results, applying = self._ingest(cursor, deliveries)
+                    notable = [(result.customer_id, delivery.parsed, result.outcome)
+                               for delivery, result in zip(deliveries, results, strict=True)
+                               if result.customer_id is not None and delivery.parsed is not None]
+                    alerting = self._raise(cursor, applying.resolving, notable, applying.written)
                 applying.verify()  # every statement's result is in: before anything else, and before COMMIT
+                if alerting is not None:
+                    self._notify(conn, cursor, alerting)
             finally:
                 cursor.close()
-            notable = [(result.customer_id, delivery.parsed, result.outcome)
-                       for delivery, result in zip(deliveries, results, strict=True)
-                       if result.customer_id is not None and delivery.parsed is not None
-                       and (result.outcome == "conflict" or delivery.parsed.unknown_status)]
-            self._follow_up(conn, applying.resolving, notable, applying.written)
+            if alerting is None:
+                self._follow_up(conn, applying.resolving, notable, applying.written)
             return results, applying.changes
+
+    @staticmethod
+    def _notable(events: Sequence[tuple[int, ParsedEvent | None, str]]) -> list[tuple[int, ParsedEvent, str]]:
+        """The events that raise an alert: contradictions, undocumented statuses."""
+        return [(customer_id, event, outcome) for customer_id, event, outcome in events
+                if event is not None and event.signal is not None
+                and (outcome == "conflict" or event.unknown_status)]
+
+    def _raise(self, cur: Any, resolving: Sequence[int], events: Sequence[tuple[int, ParsedEvent | None, str]],
+               written: Mapping[int, _Written]) -> _Alerting | None:
+        """The batch's conflict and undocumented-status alerts on its own cursor, in its pipeline: the alerts now
+        (their ids are read once it has synced), their notices with COMMIT (``_notify``). None when the follow-up
+        needs more (tier alerts to resolve, a customer to read back): ``_follow_up`` does all of it then."""
+        now = self.clock.now()
+        if self.effects is None:
+            return _Alerting({}, dict, [], now)
+        notable = self._notable(events)
+        if resolving or any(customer_id not in written for customer_id, _, _ in notable):
+            return None
+        if not notable:
+            return _Alerting({}, dict, [], now)
+        rows: dict[int, Mapping[str, Any] | RowMapping] = {i: written[i].row() for i, _, _ in notable}
+        raised, flagged = self._alerts_for(notable, rows)
+        prepared = prepare_alerts(raised, self.effects.alerts, now)
+        ids = self.statements.insert_alerts(cur, [values for _, values in prepared.values()]) if prepared else dict
+        return _Alerting(prepared, ids, flagged, now)
+
+    def _notify(self, conn: Connection, cur: Any, alerting: _Alerting) -> None:
+        if alerting.flagged:  # a new undocumented value: rare (once per customer and value)
+            queries.update_customers(conn, alerting.flagged)
+        if alerting.prepared and self.effects is not None:
+            self.statements.finish(cur, notification_rows_for(alerting.prepared, alerting.ids(),
+                                                              self.effects.alerts, alerting.now))
 
     def _follow_up(self, conn: Connection, resolving: Sequence[int],
                    events: Sequence[tuple[int, ParsedEvent | None, str]],
@@ -610,12 +708,11 @@ class Ingestor:
         ``resolving`` (customers that left ``pending`` escalated) are resolved; conflict alerts and (once per
         customer and value) undocumented-status alerts are raised for ``events`` (customer id, event, outcome).
         The customers are those the batch wrote, as it left them (``written``: no statement to read them back);
-        one whose event failed to apply is read back (this transaction holds its lock already)."""
+        one whose event failed to apply is read back (this transaction holds its lock already). A webhook batch
+        that only raises alerts does it on its own cursor instead (``_raise``)."""
         if self.effects is None:
             return
-        notable = [(customer_id, event, outcome) for customer_id, event, outcome in events
-                   if event is not None and event.signal is not None
-                   and (outcome == "conflict" or event.unknown_status)]
+        notable = self._notable(events)
         wanted = set(resolving) | {customer_id for customer_id, _, _ in notable}
         if not wanted:
             return
@@ -626,11 +723,20 @@ class Ingestor:
         for customer_id in resolving:
             if customer_id in rows:
                 self.effects.on_leaving_escalated(conn, rows[customer_id], now)
+        raised, flagged = self._alerts_for(notable, rows)
+        raise_alerts(conn, self.effects.alerts, raised, now)
+        queries.update_customers(conn, flagged)
+
+    def _alerts_for(self, notable: Sequence[tuple[int, ParsedEvent, str]],
+                    rows: dict[int, Mapping[str, Any] | RowMapping]) -> tuple[list[NewAlert], list[dict[str, Any]]]:
+        """A conflict alert for each contradiction, an undocumented-status alert once per customer and value
+        (``rows``, by customer id, get the new flags); the flags to write (``queries.update_customers``)."""
+        assert self.effects is not None
         flagged: dict[int, dict[str, Any]] = {}
         raised: list[NewAlert] = []  # all in two statements, however many (a provider's bad day may bring many)
         for customer_id, event, outcome in notable:
             row = rows.get(customer_id)
-            if row is None or event is None or event.signal is None:
+            if row is None or event.signal is None:
                 continue
             raw = event.signal.provider_status or "?"
             if outcome == "conflict":
@@ -646,8 +752,7 @@ class Ingestor:
                 row = rows[customer_id] = {**row, "flags": json.dumps([*flags, flag])}
                 flagged[customer_id] = {"flags": row["flags"], "_id": customer_id, "_old_version": row["version"]}
                 raised.append(self.effects.unknown_alert(row, raw))
-        raise_alerts(conn, self.effects.alerts, raised, now)
-        queries.update_customers(conn, list(flagged.values()))
+        return raised, list(flagged.values())
 
     def _ingest(self, cur: Any, deliveries: Sequence[Delivery]) -> tuple[list[IngestResult], _Applying]:
         db = self.statements
