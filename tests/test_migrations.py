@@ -53,6 +53,28 @@ def test_upgrade_is_repeatable_and_downgrade_works(empty_engine: Engine) -> None
     assert "customers" not in inspect(empty_engine).get_table_names()
 
 
+def test_postgres_gets_the_function_that_checks_a_batch_before_its_commit(empty_engine: Engine) -> None:
+    """Migration 0006: tracker_expect_rows (the webhook writer's UPDATE calls it); gone again after a downgrade."""
+    if empty_engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL function")
+    from alembic import command
+    from psycopg import errors
+
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT tracker_expect_rows(3, 3)").scalar() == 3
+        with pytest.raises(Exception, match="expected to update 3 customer rows at the versions read, matched 2"
+                           ) as refused:
+            conn.exec_driver_sql("SELECT tracker_expect_rows(2, 3)")
+        assert isinstance(refused.value.orig, errors.SerializationFailure)  # type: ignore[attr-defined]
+    config = migrate.alembic_config(empty_engine.url.render_as_string(hide_password=False))
+    with empty_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0005")
+    with empty_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT to_regproc('tracker_expect_rows')").scalar() is None
+
+
 def test_sqlite_runs_in_wal_with_busy_timeout(tmp_path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
     check_engine(engine)

@@ -117,8 +117,8 @@ class RetryBatch(Exception):
 class _Applying:
     """What ``Ingestor._apply`` did: the per-event results, the change notices, the customers whose open tier
     alerts are to be resolved, each customer as the transaction leaves it (by id), and ``verify``: the check
-    that every customer written still had the version read (raises ``RetryBatch``; in pipeline mode, call it
-    once the pipeline has synced)."""
+    that every customer written still had the version read (raises ``RetryBatch``; on PostgreSQL the server
+    checks it, ``_Statements.update_customers``)."""
 
     results: list[_Applied]
     changes: list[dict[str, Any]]
@@ -136,6 +136,10 @@ class _Alerting:
     ids: Callable[[], dict[str, int]]
     flagged: list[dict[str, Any]]
     now: datetime
+
+    @property
+    def nothing(self) -> bool:
+        return not self.prepared and not self.flagged
 
 
 @dataclass(frozen=True)
@@ -244,10 +248,12 @@ class _Statements:
     On PostgreSQL the batch also runs in psycopg's pipeline mode (``pipeline``): a statement whose answer the
     batch does not read is sent without waiting for it, so the writes (customers, inbox, history) go in one
     round trip, and the server runs the first while the writer still builds the next. For that the prefetch
-    reserves the batch's inbox ids from the sequence (no write waits for ``RETURNING``), and the UPDATE's
-    row count is checked once the pipeline has synced, before COMMIT. Each round trip costs the writer a wait
-    for the server and, under load, another for the GIL (held by the event loop): bench/ingest_writer and
-    bench/ingest on PostgreSQL, 2026-12-05, see the README.
+    reserves the batch's inbox ids from the sequence (no write waits for ``RETURNING``), and the server itself
+    checks that the UPDATE matched every customer (migration 0006), so that COMMIT can go with the writes
+    (``commit``; a batch that raised alerts sends it with their notices, ``finish``): two round trips a batch,
+    three with alerts. Each round trip costs the writer a wait for the server and, under load, another for the
+    GIL (held by the event loop): bench/ingest_writer and bench/ingest on PostgreSQL, 2026-12-05, see the
+    README.
     """
 
     def __init__(self, dialect: Dialect) -> None:
@@ -305,9 +311,12 @@ class _Statements:
             self._update_casts = ("bigint", "integer", *(customers.c[n].type.compile(dialect=dialect)
                                                           for n in snapshot))
             assignments = ", ".join(f"{n} = v.{n}" for n in snapshot)
-            self._update_head = f"UPDATE customers AS c SET {assignments} FROM (VALUES "  # noqa: S608
-            self._update_tail = (f") AS v({', '.join(UPDATE_COLUMNS)}) "
-                                 "WHERE c.id = v.id AND c.version = v._old_version")
+            # The server checks that every row still had the version read (migration 0006): a serialization
+            # failure otherwise, before the COMMIT that may follow in the same round trip (``commit``).
+            self._update_head = f"WITH u AS (UPDATE customers AS c SET {assignments} FROM (VALUES "  # noqa: S608
+            self._update_tail = (f") AS v({', '.join(UPDATE_COLUMNS)}) "  # noqa: S608
+                                 "WHERE c.id = v.id AND c.version = v._old_version RETURNING 1) "
+                                 "SELECT tracker_expect_rows(count(*), {}) FROM u")  # {}: the chunk's row count
         else:
             self._event_ids = ("SELECT json_group_array(id) FROM "
                                "(SELECT id FROM inbound_events WHERE id > ? ORDER BY id)")
@@ -429,11 +438,12 @@ class _Statements:
 
     def update_customers(self, cur: Any, changes: Sequence[_Update], now: datetime) -> Callable[[], int]:
         """Write each customer's new snapshot and what follows its move, where the row still has the version
-        read. Returns how to count the rows matched: in pipeline mode, only once the pipeline has synced."""
+        read. Returns how to count the rows matched. On PostgreSQL the server checks the count itself (a
+        serialization failure otherwise, which aborts the transaction): all of them."""
         if not changes:
             return lambda: 0
         matched = 0
-        if self.postgres:  # every column, one statement (and cursor, for its row count) a chunk
+        if self.postgres:  # every column, one statement a chunk
             rows = []
             for change in changes:
                 values = queries.snapshot_values(change.after)
@@ -441,22 +451,11 @@ class _Statements:
                 rows.append((change.customer.id, change.customer.snapshot.version,
                              *(values[n] for n in queries.SNAPSHOT_FIELDS),
                              *(follow[n] if n in follow else context[n] for n in FOLLOW_COLUMNS), now))
-            cursors = []
             for chunk in _chunks(rows):
                 values_sql = self._values(len(chunk), len(UPDATE_COLUMNS), self._update_casts)
-                chunk_cursor = self.cursor(cur.connection)
-                chunk_cursor.execute(self._update_head + values_sql + self._update_tail,
-                                     [v for row in chunk for v in row])
-                cursors.append(chunk_cursor)
-
-            def counted() -> int:
-                total = 0
-                for chunk_cursor in cursors:
-                    total += chunk_cursor.rowcount
-                    chunk_cursor.close()
-                return total
-
-            return counted
+                cur.execute(self._update_head + values_sql + self._update_tail.format(len(chunk)),
+                            [v for row in chunk for v in row])
+            return lambda: len(changes)
         # SQLite updates an index only when the statement sets one of its columns: set only what changed,
         # one statement for the customers that changed the same columns.
         stamp = _sqlite_time(now)
@@ -529,10 +528,18 @@ class _Statements:
 
         return ids
 
+    def commit(self, cur: Any) -> bool:
+        """PostgreSQL: COMMIT, queued in the batch's pipeline behind its writes, so that it costs no round trip of
+        its own (should a write fail, the server skips it and the caller's transaction rolls back). The caller's
+        transaction then finds nothing left to commit: psycopg sends COMMIT only while the server has a
+        transaction open. Whether it did: SQLite leaves COMMIT to the caller."""
+        if self.postgres:
+            cur.execute("COMMIT")
+        return self.postgres
+
     def finish(self, cur: Any, notices: Sequence[Mapping[str, Any]]) -> None:
         """The last write of a batch that raised alerts: their notices (the outbox). On PostgreSQL COMMIT goes
-        in the same round trip; the caller's transaction then finds nothing left to commit (psycopg sends
-        COMMIT only while the server has a transaction open). SQLite leaves COMMIT to the caller."""
+        in the same round trip (``commit``)."""
         rows = self._prepare([[row[n] for n in NOTIFICATION_COLUMNS] for row in notices], self._notification_times)
         if not self.postgres:
             if rows:
@@ -541,7 +548,7 @@ class _Statements:
         with cur.connection.pipeline():  # one Sync at the end for both (``connection.commit()`` would add one)
             if rows:
                 self._insert(cur, self._insert_notifications_head, rows, self._insert_notifications_tail)
-            cur.execute("COMMIT")
+            self.commit(cur)
 
 
 def _chunks(rows: Sequence[Sequence[Any]], size: int = 64) -> list[Sequence[Sequence[Any]]]:
@@ -658,8 +665,10 @@ class Ingestor:
                                for delivery, result in zip(deliveries, results, strict=True)
                                if result.customer_id is not None and delivery.parsed is not None]
                     alerting = self._raise(cursor, applying.resolving, notable, applying.written)
-                applying.verify()  # every statement's result is in: before anything else, and before COMMIT
-                if alerting is not None:
+                    # Nothing more to write: on PostgreSQL COMMIT goes with the writes. The last thing in the block.
+                    committed = alerting is not None and alerting.nothing and self.statements.commit(cursor)
+                applying.verify()  # SQLite: every row matched (PostgreSQL checked it before COMMIT, ``commit``)
+                if alerting is not None and not committed:
                     self._notify(conn, cursor, alerting)
             finally:
                 cursor.close()
