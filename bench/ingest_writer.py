@@ -7,7 +7,8 @@ Blaaiz customers, an inbox of earlier deliveries), builds batches of the same re
 ``Ingestor.ingest`` on them one batch after another on one kept connection, as the writer does, under
 cProfile. It prints:
 
-- wall time per event, and the part of it spent in COMMIT (the WAL flush: an fsync on SQLite) and, on SQLite,
+- wall time per event, and the part of it spent in COMMIT (the WAL flush: an fsync on SQLite; on PostgreSQL
+  COMMIT goes with the writes, see below, and this part is about 0) and, on SQLite,
   in the WAL checkpoint the server's writer runs between batches (run here the same way; until 2026-12-05
   this bench left SQLite's own checkpoint inside the commits, so its COMMIT figure included it);
   the first ``--batches`` batches run plainly for these figures, as many more under cProfile for the table;
@@ -18,7 +19,9 @@ cProfile. It prints:
 - the wall time of each statement the batch runs, per event (as many batches again, each statement timed
   around the driver's ``execute`` and ``fetchone``; COMMIT is timed around the commit). On PostgreSQL the
   writes run in pipeline mode: their ``execute`` only queues them, and the wait for their answers is the row
-  "end of pipeline";
+  "end of pipeline". COMMIT is queued with them there (since 2026-12-05's fourth session; with the notices
+  in a batch that raised alerts), so its fsync is in that row, and the COMMIT rows are the queueing and
+  SQLAlchemy's commit, which finds nothing left to commit;
 - ``--postgres-url`` may point at bench/delay_proxy.py, to see the writer with a network between it and
   the database (round trips cost more there: 2026-12-05, 0.83 ms per round trip, see the README);
 - a closed loop through the ``GroupCommitter`` itself, as the server drives it but without HTTP: ``--clients``
