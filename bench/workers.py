@@ -360,6 +360,10 @@ class Steady:
     failed: int  # non-200 answers in the window
     cpu_per_poll: float  # worker CPU seconds per poll over the window, all workers
     cpu_pressure: float | None = None  # share of the window some task on the machine waited for a CPU (PSI)
+    # Each customer's polls in the window: (last - first) / (count - 1), averaged over the customers. Unlike the
+    # count, which gains or loses one poll per customer whose poll at an edge of the window jitters across it
+    # (the tick), it does not depend on where the window's edges fall.
+    mean_gap: float = 0.0
 
     @property
     def deviation(self) -> float:
@@ -560,12 +564,16 @@ def steady_phase(result: Result, sim: Simulator, procs: list[Worker], ports: Por
     inside = [p for p in sim.fetch() if t0 <= p.mono < t1]
     per_customer = Counter(p.customer for p in inside)
     per_worker = Counter(ports.owner.get(p.port or -1) for p in inside)
+    times: dict[str, list[float]] = {}
+    for p in inside:
+        times.setdefault(p.customer, []).append(p.mono)
+    spans = [(max(t) - min(t)) / (len(t) - 1) for t in times.values() if len(t) > 1]
     result.steady = Steady(
         window=options.duration, polls=len(inside), expected=len(ids) * options.duration / interval,
         per_customer_min=min(per_customer[c] for c in ids), per_customer_max=max(per_customer[c] for c in ids),
         per_worker={proc.pid: per_worker[proc.pid] for proc in procs}, unattributed=per_worker[None],
         failed=sum(1 for p in inside if p.status != 200), cpu_per_poll=(cpu1 - cpu0) / max(1, len(inside)),
-        cpu_pressure=pressure,
+        cpu_pressure=pressure, mean_gap=statistics.fmean(spans) if spans else 0.0,
     )
 
 
@@ -685,7 +693,8 @@ def print_result(result: Result, options: Options, out: TextIO = sys.stdout) -> 
         workers = ", ".join(f"pid {pid}: {n}" for pid, n in s.per_worker.items())
         print(f"    per customer {s.per_customer_min}..{s.per_customer_max}; per worker {workers}"
               f"{f', unattributed {s.unattributed}' if s.unattributed else ''}; failed requests {s.failed}; "
-              f"worker CPU {s.cpu_per_poll * 1000:.2f} ms per poll", file=out)
+              f"worker CPU {s.cpu_per_poll * 1000:.2f} ms per poll; mean gap in the window {s.mean_gap:.3f} s "
+              f"({s.mean_gap / result.interval - 1:+.2%} of the interval)", file=out)
         if s.cpu_pressure is not None:
             print(f"    machine: some task waited for a CPU {s.cpu_pressure:.0%} of the window (PSI: the workers, "
                   f"PostgreSQL and the simulator share it with whatever else runs)", file=out)

@@ -60,7 +60,14 @@ def test_two_workers_poll_each_customer_once_per_interval_and_survive_kill9() ->
     assert result.errors == [], text
     steady = result.steady
     assert steady is not None, text
-    assert abs(steady.deviation) <= 0.01, text  # each customer once per interval, all told
+    # Each customer once per interval: its mean gap within the window (the count over 12 s also gains or loses a
+    # poll for each customer whose poll at an edge of the window jitters across it by a tick: 100 customers
+    # gave +1.17 % in one run of six, with a mean gap on time; bench/workers's 60 s and 300 customers keep the
+    # count's 1 %).
+    assert abs(steady.mean_gap / options.interval.total_seconds() - 1) <= 0.01, text
+    assert steady.per_customer_min >= 5, text  # none skipped for a whole interval...
+    assert steady.per_customer_max <= 7, text  # ... nor polled twice in one
+    assert abs(steady.deviation) <= 0.03, text
     assert steady.failed == 0, text
     assert all(steady.per_worker.values()), text  # both workers took part
     assert result.double_polls == [], text  # no customer polled twice within half an interval
