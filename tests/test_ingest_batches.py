@@ -329,3 +329,21 @@ def test_postgres_refuses_a_batch_whose_customer_moved_under_it_before_its_commi
                                .where(customers.c.provider_customer_id == "cus_stale")).scalar_one()
     assert moves == [results[0].event_id]
     assert version == 3  # registered by the first webhook (1), pending (2), verified (3)
+
+
+def test_the_writers_alert_statements_write_every_column_the_alerts_module_fills(container: Container,
+                                                                                 clock: FakeClock) -> None:
+    """The writer inserts alerts and notices with its own statements (tracker.ingest.ALERT_COLUMNS and
+    NOTIFICATION_COLUMNS): a column tracker.alerts starts filling must not be dropped there without a word."""
+    from tracker.alerts import NewAlert, notification_rows_for, prepare_alerts
+    from tracker.ingest import ALERT_COLUMNS, NOTIFICATION_COLUMNS
+
+    customer = {"id": 1, "provider": "blaaiz", "provider_customer_id": "cus_1", "reference": None,
+                "pending_since": None, "customer_type": "individual"}
+    prepared = prepare_alerts([NewAlert("conflict:x", "conflict", "blaaiz", "title", customer)],
+                              container.effects.alerts, clock.now())
+    (_, values), = prepared.values()
+    assert set(values) == set(ALERT_COLUMNS)
+    notices = notification_rows_for(prepared, {"conflict:x": 7}, container.effects.alerts, clock.now())
+    assert notices
+    assert all(set(row) == set(NOTIFICATION_COLUMNS) for row in notices)
