@@ -127,19 +127,22 @@ class _Applying:
     written: dict[int, _Written]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Alerting:
     """The alerts a batch raised on its own cursor (``Ingestor._raise``): their rows by key, how to read the new
-    ones' ids, the customers' new flags to write, and when."""
+    ones' ids, the customers' new flags to write, and when (``_NO_ALERTS``: none of it)."""
 
-    prepared: dict[str, tuple[NewAlert, dict[str, Any]]]
-    ids: Callable[[], dict[str, int]]
-    flagged: list[dict[str, Any]]
-    now: datetime
+    prepared: dict[str, tuple[NewAlert, dict[str, Any]]] = field(default_factory=dict)
+    ids: Callable[[], dict[str, int]] = dict
+    flagged: list[dict[str, Any]] = field(default_factory=list)
+    now: datetime | None = None
 
     @property
     def nothing(self) -> bool:
         return not self.prepared and not self.flagged
+
+
+_NO_ALERTS = _Alerting()
 
 
 @dataclass(frozen=True)
@@ -504,10 +507,15 @@ class _Statements:
         if rows:
             self._insert(cur, self._insert_history_head, self._prepare(rows, self._history_times))
 
+    def _columns(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], times: tuple[int, ...]
+                 ) -> Sequence[Sequence[Any]]:
+        """Rows given by column name (as ``tracker.alerts`` makes them) in ``columns`` order, ready to bind."""
+        return self._prepare([[row[n] for n in columns] for row in rows], times)
+
     def insert_alerts(self, cur: Any, rows: Sequence[Mapping[str, Any]]) -> Callable[[], dict[str, int]]:
         """Alerts whose keys do not exist yet (each key alerts at most once). Returns how to read the new ones'
         ids by key: in pipeline mode, only once the pipeline has synced (one cursor a chunk, read then)."""
-        values = self._prepare([[row[n] for n in ALERT_COLUMNS] for row in rows], self._alert_times)
+        values = self._columns(rows, ALERT_COLUMNS, self._alert_times)
         cursors = []
         new: dict[str, int] = {}
         for chunk in _chunks(values):
@@ -540,7 +548,7 @@ class _Statements:
     def finish(self, cur: Any, notices: Sequence[Mapping[str, Any]]) -> None:
         """The last write of a batch that raised alerts: their notices (the outbox). On PostgreSQL COMMIT goes
         in the same round trip (``commit``)."""
-        rows = self._prepare([[row[n] for n in NOTIFICATION_COLUMNS] for row in notices], self._notification_times)
+        rows = self._columns(notices, NOTIFICATION_COLUMNS, self._notification_times)
         if not self.postgres:
             if rows:
                 self._insert(cur, self._insert_notifications_head, rows, self._insert_notifications_tail)
@@ -661,19 +669,21 @@ class Ingestor:
             try:
                 with self.statements.pipeline(cursor):
                     results, applying = self._ingest(cursor, deliveries)
-                    notable = [(result.customer_id, delivery.parsed, result.outcome)
-                               for delivery, result in zip(deliveries, results, strict=True)
-                               if result.customer_id is not None and delivery.parsed is not None]
-                    alerting = self._raise(cursor, applying.resolving, notable, applying.written)
-                    # Nothing more to write: on PostgreSQL COMMIT goes with the writes. The last thing in the block.
-                    committed = alerting is not None and alerting.nothing and self.statements.commit(cursor)
+                    events = [(result.customer_id, delivery.parsed, result.outcome)
+                              for delivery, result in zip(deliveries, results, strict=True)
+                              if result.customer_id is not None and delivery.parsed is not None]
+                    alerting = self._raise(cursor, applying.resolving, events, applying.written)
+                    committed = False
+                    if alerting is not None and alerting.nothing:
+                        # Nothing more to write: on PostgreSQL COMMIT goes with the writes. The last thing here.
+                        committed = self.statements.commit(cursor)
                 applying.verify()  # SQLite: every row matched (PostgreSQL checked it before COMMIT, ``commit``)
                 if alerting is not None and not committed:
                     self._notify(conn, cursor, alerting)
             finally:
                 cursor.close()
             if alerting is None:
-                self._follow_up(conn, applying.resolving, notable, applying.written)
+                self._follow_up(conn, applying.resolving, events, applying.written)
             return results, applying.changes
 
     @staticmethod
@@ -688,14 +698,14 @@ class Ingestor:
         """The batch's conflict and undocumented-status alerts on its own cursor, in its pipeline: the alerts now
         (their ids are read once it has synced), their notices with COMMIT (``_notify``). None when the follow-up
         needs more (tier alerts to resolve, a customer to read back): ``_follow_up`` does all of it then."""
-        now = self.clock.now()
         if self.effects is None:
-            return _Alerting({}, dict, [], now)
+            return _NO_ALERTS
         notable = self._notable(events)
         if resolving or any(customer_id not in written for customer_id, _, _ in notable):
             return None
         if not notable:
-            return _Alerting({}, dict, [], now)
+            return _NO_ALERTS
+        now = self.clock.now()
         rows: dict[int, Mapping[str, Any] | RowMapping] = {i: written[i].row() for i, _, _ in notable}
         raised, flagged = self._alerts_for(notable, rows)
         prepared = prepare_alerts(raised, self.effects.alerts, now)
@@ -705,7 +715,7 @@ class Ingestor:
     def _notify(self, conn: Connection, cur: Any, alerting: _Alerting) -> None:
         if alerting.flagged:  # a new undocumented value: rare (once per customer and value)
             queries.update_customers(conn, alerting.flagged)
-        if alerting.prepared and self.effects is not None:
+        if alerting.prepared and self.effects is not None and alerting.now is not None:
             self.statements.finish(cur, notification_rows_for(alerting.prepared, alerting.ids(),
                                                               self.effects.alerts, alerting.now))
 
