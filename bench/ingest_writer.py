@@ -185,7 +185,8 @@ def main() -> int:
 
 
 class StatementTimes:
-    """Wall time per statement kind (its first words), measured around the DB-API cursor's ``execute``."""
+    """Wall time per statement kind (its first words), measured around the DB-API cursor's ``execute``
+    (and ``executemany``)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, list[Any]] = {}
@@ -221,6 +222,14 @@ class StatementTimes:
                 self._last = " ".join(str(sql).split()[:4])[:48]
                 try:
                     return self._cursor.execute(sql, params)
+                finally:
+                    times.add(self._last, time.perf_counter() - started)
+
+            def executemany(self, sql: str, rows: Any) -> Any:
+                started = time.perf_counter()
+                self._last = " ".join(str(sql).split()[:4])[:48]
+                try:
+                    return self._cursor.executemany(sql, rows)
                 finally:
                     times.add(self._last, time.perf_counter() - started)
 

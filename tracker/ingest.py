@@ -459,8 +459,10 @@ class _Statements:
                 cur.execute(self._update_head + values_sql + self._update_tail.format(len(chunk)),
                             [v for row in chunk for v in row])
             return lambda: len(changes)
-        # SQLite updates an index only when the statement sets one of its columns: set only what changed,
-        # one statement for the customers that changed the same columns.
+        # SQLite updates an index only when the statement sets one of its columns: set only what changed, one
+        # statement for the customers that changed the same columns, run once per row (``executemany``). A
+        # multi-row ``UPDATE ... FROM (VALUES ...)`` costs more: SQLite materialises the join first, then
+        # updates (30 rows: 1.3 ms against 0.76 ms executed row by row, 2026-12-06).
         stamp = _sqlite_time(now)
         shapes: dict[tuple[str, ...], list[list[Any]]] = {}
         for change in changes:
@@ -468,19 +470,17 @@ class _Statements:
             follow = {n: v for n, v in change.follow.items() if v != context[n]}
             names = (*(n for n in queries.SNAPSHOT_FIELDS if getattr(before, n) != getattr(after, n)), *follow)
             values = {**queries.snapshot_values(after), **follow}
-            row: list[Any] = [change.customer.id, before.version]
-            row += [_sqlite_time(values[n]) if n in _UPDATE_TIMES else values[n] for n in names]
+            row: list[Any] = [_sqlite_time(values[n]) if n in _UPDATE_TIMES else values[n] for n in names]
+            row += [stamp, change.customer.id, before.version]
             shapes.setdefault(names, []).append(row)
         for names, rows_of_shape in shapes.items():
-            head = self._sqlite_updates.get(names)
-            if head is None:
-                sets = ", ".join([*(f"{n} = v.column{i + 3}" for i, n in enumerate(names)), "updated_at = ?"])
-                head = self._sqlite_updates[names] = f"UPDATE customers SET {sets} FROM (VALUES "  # noqa: S608
-            for chunk in _chunks(rows_of_shape):
-                values_sql = self._values(len(chunk), len(chunk[0]))
-                cur.execute(head + values_sql + ") AS v WHERE customers.id = v.column1 "
-                            "AND customers.version = v.column2", [stamp, *(v for row in chunk for v in row)])
-                matched += cur.rowcount
+            statement = self._sqlite_updates.get(names)
+            if statement is None:
+                sets = ", ".join([*(f"{n} = ?" for n in names), "updated_at = ?"])
+                statement = self._sqlite_updates[names] = (f"UPDATE customers SET {sets} "  # noqa: S608
+                                                           "WHERE id = ? AND version = ?")
+            cur.executemany(statement, rows_of_shape)
+            matched += cur.rowcount
         return lambda: matched
 
     def insert_events(self, cur: Any, rows: Sequence[Sequence[Any]], ids: _InboxIds) -> list[int]:
