@@ -218,18 +218,16 @@ class StatementTimes:
                 self._last = ""
 
             def execute(self, sql: str, params: Any = ()) -> Any:
-                started = time.perf_counter()
-                self._last = " ".join(str(sql).split()[:4])[:48]
-                try:
-                    return self._cursor.execute(sql, params)
-                finally:
-                    times.add(self._last, time.perf_counter() - started)
+                return self._timed(self._cursor.execute, sql, params)
 
             def executemany(self, sql: str, rows: Any) -> Any:
+                return self._timed(self._cursor.executemany, sql, rows)
+
+            def _timed(self, run: Callable[[str, Any], Any], sql: str, params: Any) -> Any:
                 started = time.perf_counter()
                 self._last = " ".join(str(sql).split()[:4])[:48]
                 try:
-                    return self._cursor.executemany(sql, rows)
+                    return run(sql, params)
                 finally:
                     times.add(self._last, time.perf_counter() - started)
 
