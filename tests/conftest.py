@@ -7,6 +7,7 @@ failure; locally the PostgreSQL run skips.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -132,11 +133,25 @@ def engine(container: Container) -> Engine:
     return container.engine
 
 
+class AppliedTransport(httpx.AsyncBaseTransport):
+    """The app over ASGI; after each webhook's answer, the applier has applied what was stored (``drain``), so a
+    test reads the effect of the event it posted without waiting on the applier's thread."""
+
+    def __init__(self, app: Any, container: Container) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.container = container
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.startswith("/webhooks/"):
+            await asyncio.to_thread(self.container.applier.drain)
+        return response
+
+
 @pytest.fixture
 async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(container)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tracker.test") as http:
+    async with httpx.AsyncClient(transport=AppliedTransport(app, container), base_url="http://tracker.test") as http:
         yield http
 
 

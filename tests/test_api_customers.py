@@ -311,7 +311,7 @@ async def test_replay_event_api(client, clock, admin_key) -> None:
     event = response.json()["event"]
     replayed = await client.post(f"/v1/events/{event}/replay", headers=admin_key)
     assert replayed.status_code == 200
-    assert replayed.json()["outcome"] == "ignored"  # already pending: a no-op
+    assert replayed.json()["outcome"] == "no_change"  # already pending
     assert (await client.post("/v1/events/999/replay", headers=admin_key)).status_code == 404
 
 

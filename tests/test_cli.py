@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -86,29 +87,30 @@ def test_worker_runs_until_sigterm(database_url: str) -> None:
 
 
 async def test_failed_processing_is_stored_and_replayable(client, clock, engine, database_url, monkeypatch) -> None:
-    """A bug while applying an event must not lose it: it is stored as ``error`` (no processed_at) and
-    `tracker replay` runs it again through the fixed code."""
-    import tracker.ingest
+    """A bug while applying an event must not lose it: it is stored as ``error`` (no processed_at, a retry
+    planned) and `tracker replay` runs it again through the fixed code."""
+    import tracker.transitions.plans
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(tracker.ingest, "decide", broken)
+    monkeypatch.setattr(tracker.transitions.plans, "decide", broken)
     response = await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", event_id="evt_err"))
     assert response.status_code == 200
     with engine.connect() as conn:
         row = conn.execute(select(inbound_events)).one()
-    assert (row.outcome, row.processed_at) == ("error", None)
+    assert (row.outcome, row.processed_at, row.attempts) == ("error", None, 1)
+    assert row.retry_at == clock.now() + timedelta(seconds=2)
     assert "simulated bug" in row.reason
     monkeypatch.undo()
 
     result = run(["replay", "--progress"], database_url)
     assert result.returncode == 0, result.stderr
-    assert "replayed 1 event(s): 1 accepted" in result.stdout
+    assert "replayed 1 event(s): 1 applied" in result.stdout
     assert "1/1" in result.stderr
     with engine.connect() as conn:
         row = conn.execute(select(inbound_events)).one()
-    assert row.outcome == "accepted"
+    assert row.outcome == "applied"
     assert row.processed_at is not None
     again = run(["replay"], database_url)
     assert "nothing to replay" in again.stdout
@@ -122,11 +124,11 @@ async def test_replay_all_is_harmless(client, clock, database_url, args: list[st
     result = run(args, database_url)
     assert result.returncode == 0, result.stderr
     assert "replayed 2 event(s)" in result.stdout
-    assert "accepted" not in result.stdout  # everything already applied: nothing moves twice
+    assert "applied" not in result.stdout.split(":", 1)[1]  # everything already applied: nothing moves twice
 
 
 async def test_replay_keeps_the_first_outcome_of_applied_events(client, clock, engine, database_url) -> None:
     await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", event_id="e1"))
     run(["replay", "--all"], database_url)
     with engine.connect() as conn:
-        assert conn.execute(select(inbound_events.c.outcome)).scalar_one() == "accepted"
+        assert conn.execute(select(inbound_events.c.outcome)).scalar_one() == "applied"

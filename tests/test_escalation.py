@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import make_settings
+from tests.conftest import AppliedTransport, make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db import queries
-from tracker.db.tables import alerts, customers, notifications
+from tracker.db.tables import alerts, customers, inbound_events, notifications
 from tracker.escalation import SETTLE_CHUNK
 from tracker.providers.simulators import BlaaizSimulator, CryptoPocketSimulator, HostRouter
 from tracker.web.app import create_app
@@ -270,7 +270,7 @@ async def test_webhooks_drive_deadlines_resolution_and_conflicts(database_url, c
     container = build(make_settings(database_url), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=AppliedTransport(create_app(container), container),
                                      base_url="http://t") as http:
             await post_blaaiz(http, clock, blaaiz_event("cus_w", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
             with container.engine.connect() as conn:
@@ -296,18 +296,18 @@ async def test_webhooks_drive_deadlines_resolution_and_conflicts(database_url, c
 
 
 async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_the_next(database_url, clock) -> None:
-    """The group-commit writer applies a batch of webhooks together and writes what follows the moves (deadline,
-    tier, last signal, next poll, alert resolution) once per customer, from its row as read to its last state.
+    """The applier applies a batch of stored events together and writes what follows the moves (deadline, tier,
+    last signal, next poll, alert resolution) once per customer, from its row as read to its last state.
     Rejected and submitted again in one batch is a new attempt: the old attempt's alert is resolved, and the
     new one gets its own deadline, at tier none."""
     from tests.conftest import blaaiz_event, post_blaaiz
-    from tracker.ingest import Delivery
+    from tracker.inbox.store import Delivery, store
     from tracker.providers import blaaiz
 
     container = build(make_settings(database_url), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=AppliedTransport(create_app(container), container),
                                      base_url="http://t") as http:
             await post_blaaiz(http, clock, blaaiz_event("cus_b", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
         started = clock.now()
@@ -320,9 +320,14 @@ async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_th
             blaaiz_event("cus_b", "REJECTED", updated_at="2026-01-05T12:01:00Z", comment="Cropped document"),
             blaaiz_event("cus_b", "PROCESSING", updated_at="2026-01-05T12:01:30Z", old_status="REJECTED"),
         ]
-        results = container.ingestor.ingest([Delivery("blaaiz", clock.now(), json.dumps(body).encode(), {},
-                                                      blaaiz.parse(body)) for body in batch])
-        assert [r.outcome for r in results] == ["accepted", "accepted"]
+        receipts = store(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(body).encode(), {},
+                                                     blaaiz.parse(body)) for body in batch])
+        assert [r.status for r in receipts] == ["accepted", "accepted"]
+        assert container.applier.apply_pending() == 2  # one batch
+        with container.engine.connect() as conn:
+            outcomes = conn.execute(select(inbound_events.c.outcome).where(
+                inbound_events.c.id.in_([r.event_id for r in receipts])).order_by(inbound_events.c.id)).scalars()
+            assert list(outcomes) == ["applied", "applied"]
         row = customer(container, cid)
         assert (row.state, row.attempts, row.rejections) == ("pending", 2, 1)
         assert row.pending_since == clock.now() != started
@@ -338,23 +343,25 @@ async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_th
         container.engine.dispose()
 
 
-def test_a_new_attempt_is_told_by_its_count_even_at_the_same_instant(database_url, clock) -> None:
+def test_a_new_attempt_is_told_by_its_count_even_at_the_same_instant(clock) -> None:
     """Rejected and submitted again within one batch, under a clock that has not moved: pending_since is the
     same, the attempt count is not. The old attempt's alerts go, the new one starts at tier none."""
-    from tracker.domain.lifecycle import Snapshot, State
+    from tracker.domain.escalation import EscalationPolicy
+    from tracker.domain.lifecycle import Signal, Snapshot, Source, State, Trigger
+    from tracker.transitions.plans import Customer, Rules, plan
 
-    container = build(make_settings(database_url), clock)
-    try:
-        row = {"provider": "blaaiz", "customer_type": "individual", "tier": "overdue"}
-        before = Snapshot(state=State.PENDING, version=3, pending_since=clock.now(), attempts=1)
-        again = Snapshot(state=State.PENDING, version=5, pending_since=clock.now(), attempts=2, rejections=1)
-        values, resolve = container.effects.move_values(row, before, again)
-        assert resolve
-        assert values["tier"] == "none"
-        assert values["deadline_at"] == clock.now() + timedelta(hours=2)
-        assert container.effects.move_values(row, before, before) == ({}, False)  # the same attempt: nothing
-    finally:
-        container.engine.dispose()
+    rules = Rules(escalation=EscalationPolicy())
+    now = clock.now()
+    escalated = Customer(1, "blaaiz", "cus_1", "individual", tier="overdue",
+                         snapshot=Snapshot(state=State.PENDING, version=3, pending_since=now, attempts=1))
+    rejected = plan(escalated, Signal(Trigger.PROVIDER_REJECTED, Source.WEBHOOK), now, rules, actor="blaaiz")
+    again = plan(rejected.after, Signal(Trigger.SUBMITTED, Source.API), now, rules, actor="submit")
+    assert rejected.resolve_tier_alerts
+    assert (again.after.snapshot.pending_since, again.after.snapshot.attempts) == (now, 2)
+    assert again.values["tier"] == "none"
+    assert again.values["deadline_at"] == now + timedelta(hours=2)
+    same = plan(escalated, Signal(Trigger.PROVIDER_REVIEWING, Source.WEBHOOK), now, rules, actor="blaaiz")
+    assert (same.values, same.resolve_tier_alerts) == ({}, False)  # the same attempt: nothing
 
 
 async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url, clock) -> None:
@@ -363,13 +370,13 @@ async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url,
     container = build(make_settings(database_url), clock)
     container.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(container)),
+        async with httpx.AsyncClient(transport=AppliedTransport(create_app(container), container),
                                      base_url="http://t") as http:
             await post_blaaiz(http, clock, blaaiz_event("cus_u", "PROCESSING", updated_at="2026-01-05T09:00:00Z"))
             for minute in (1, 2):  # the same undocumented value twice, then another one
                 answer = await post_blaaiz(http, clock, blaaiz_event("cus_u", "ON_HOLD",
                                                                      updated_at=f"2026-01-05T09:0{minute}:00Z"))
-                assert answer.json()["status"] == "ignored"
+                assert answer.json()["status"] == "accepted"
             await post_blaaiz(http, clock, blaaiz_event("cus_u", "PAUSED", updated_at="2026-01-05T09:03:00Z"))
             with container.engine.connect() as conn:
                 row = conn.execute(select(customers).where(customers.c.provider_customer_id == "cus_u")).one()

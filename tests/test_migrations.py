@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -10,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from tests.conftest import BACKEND, create_pg_database, drop_pg_database, require_postgres
-from tracker.db import migrate
+from tracker.db import inbox, migrate
 from tracker.db.engine import check_engine, make_engine
 from tracker.db.tables import metadata
 
@@ -53,26 +54,29 @@ def test_upgrade_is_repeatable_and_downgrade_works(empty_engine: Engine) -> None
     assert "customers" not in inspect(empty_engine).get_table_names()
 
 
-def test_postgres_gets_the_function_that_checks_a_batch_before_its_commit(empty_engine: Engine) -> None:
-    """Migration 0006: tracker_expect_rows (the webhook writer's UPDATE calls it); gone again after a downgrade."""
-    if empty_engine.dialect.name != "postgresql":
-        pytest.skip("a PostgreSQL function")
+def test_0007_queues_only_what_is_left_to_apply(empty_engine: Engine) -> None:
+    """Migration 0007: events stored before it were applied when stored, except errors (no processed_at), which
+    the applier now takes; the PostgreSQL function of the old combined write goes. It downgrades again."""
     from alembic import command
-    from psycopg import errors
 
-    migrate.upgrade(empty_engine)
-    with empty_engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT tracker_expect_rows(3, 3)").scalar() == 3
-        with pytest.raises(Exception, match="expected to update 3 customer rows at the versions read, matched 2"
-                           ) as refused:
-            conn.exec_driver_sql("SELECT tracker_expect_rows(2, 3)")
-        assert isinstance(refused.value.orig, errors.SerializationFailure)  # type: ignore[attr-defined]
     config = migrate.alembic_config(empty_engine.url.render_as_string(hide_password=False))
     with empty_engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0005")
-    with empty_engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT to_regproc('tracker_expect_rows')").scalar() is None
+        command.upgrade(config, "0006")
+        conn.exec_driver_sql(
+            "INSERT INTO inbound_events (provider, fingerprint, body, received_at, processed_at, outcome) VALUES "
+            "('blaaiz', 'a', '{}', '2026-01-05 09:00:00', '2026-01-05 09:00:00', 'accepted'), "
+            "('blaaiz', 'b', '{}', '2026-01-05 09:00:00', NULL, 'error')")
+    migrate.upgrade(empty_engine)
+    now = datetime(2026, 1, 5, 10, tzinfo=UTC)
+    with empty_engine.begin() as conn:
+        assert [(row.fingerprint, row.attempts) for row in inbox.claim(conn, 10, now)] == [("b", 0)]
+        if empty_engine.dialect.name == "postgresql":
+            assert conn.exec_driver_sql("SELECT to_regproc('tracker_expect_rows')").scalar() is None
+    with empty_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0006")
+    assert "retry_at" not in {c["name"] for c in inspect(empty_engine).get_columns("inbound_events")}
 
 
 def test_sqlite_runs_in_wal_with_busy_timeout(tmp_path) -> None:

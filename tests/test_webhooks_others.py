@@ -1,4 +1,8 @@
-"""POST /webhooks/connectfi/{token} and POST /webhooks/cryptopocket: same answers and rules as Blaaiz."""
+"""POST /webhooks/connectfi/{token} and POST /webhooks/cryptopocket: same answers and rules as Blaaiz.
+
+The client drains the applier after every webhook (``tests.conftest.AppliedTransport``), so a test reads the
+applied effect right after the answer.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import AppliedTransport, make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, inbound_events
@@ -22,20 +26,21 @@ TOKEN = "cf-path-token-123"
 KEY, SECRET = "sim-cryptopocket-key", "sim-cryptopocket-secret"
 
 
-@pytest.fixture(params=["fast", "full"])
-async def app_client(database_url: str, clock: FakeClock, request: pytest.FixtureRequest
-                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
-    """Each test runs through the webhook fast path (tracker.web.fastpath; CryptoPocket) and the full route."""
+@pytest.fixture
+async def app_client(database_url: str, clock: FakeClock) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    """A client of an app configured for connectFi's path token and CryptoPocket's signatures."""
     settings = make_settings(database_url, connectfi_webhook_token=TOKEN, cryptopocket_api_key=KEY,
                              cryptopocket_api_secret=SECRET)
     container = build(settings, clock)
     container.start()
-    app = create_app(container, fast_webhooks=request.param == "fast")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tracker.test") as client:
-        yield client, container
-    container.stop()
-    await container.http.aclose()
-    container.engine.dispose()
+    try:
+        async with httpx.AsyncClient(transport=AppliedTransport(create_app(container), container),
+                                     base_url="http://tracker.test") as client:
+            yield client, container
+    finally:
+        container.stop()
+        await container.http.aclose()
+        container.engine.dispose()
 
 
 def stored(container: Container) -> int:
@@ -46,6 +51,12 @@ def stored(container: Container) -> int:
 def customer(container: Container, pcid: str) -> Any:
     with container.engine.connect() as conn:
         return conn.execute(select(customers).where(customers.c.provider_customer_id == pcid)).one_or_none()
+
+
+def stored_event(container: Container, event_id: int) -> Any:
+    """The inbox row a webhook's answer names."""
+    with container.engine.connect() as conn:
+        return conn.execute(select(inbound_events).where(inbound_events.c.id == event_id)).one()
 
 
 # --- connectFi ---------------------------------------------------------------------------------------
@@ -68,20 +79,27 @@ async def test_connectfi_callback_moves_the_customer(app_client, connectfi) -> N
     assert response.status_code == 200
     assert response.json()["status"] == "accepted"
     row = customer(container, "cf_cust_1")
-    assert (row.state, row.provider_status, row.discovered_by) == ("pending", "waiting_review", "webhook")
+    assert (row.state, row.provider_status, row.discovered_by, row.customer_type) == (
+        "pending", "waiting_review", "webhook", "unknown")
+    event = stored_event(container, response.json()["event"])
+    assert (event.provider, event.outcome, event.customer_id) == ("connectfi", "applied", row.id)
     connectfi.set_status("app_1", "completed", outcome="declined")
     response = await post_cf(client, connectfi.callback("app_1"))
     assert response.json()["status"] == "accepted"
     row = customer(container, "cf_cust_1")
     assert (row.state, row.rejection_reason) == ("rejected", "declined")
+    assert stored_event(container, response.json()["event"]).outcome == "applied"
 
 
 async def test_connectfi_duplicates_on_application_status_outcome(app_client, connectfi) -> None:
-    client, _ = app_client
+    client, container = app_client
     first = json.loads(connectfi.callback("app_1"))
     again = {**first, "requestId": "another-request"}
-    assert (await post_cf(client, json.dumps(first).encode())).json()["status"] == "accepted"
-    assert (await post_cf(client, json.dumps(again).encode())).json()["status"] == "duplicate"
+    accepted = await post_cf(client, json.dumps(first).encode())
+    assert accepted.json()["status"] == "accepted"
+    duplicate = await post_cf(client, json.dumps(again).encode())
+    assert duplicate.json() == {"status": "duplicate", "event": accepted.json()["event"]}
+    assert stored(container) == 1
 
 
 async def test_connectfi_wrong_token_is_401_and_stores_nothing(app_client, connectfi) -> None:
@@ -104,6 +122,12 @@ async def test_connectfi_bad_inputs(app_client) -> None:
     big = await post_cf(client, b"{" + b" " * (1024 * 1024 + 1) + b"}")
     assert big.status_code == 413
     assert stored(container) == 2  # the two unreadable ones, kept as rejected
+    with container.engine.connect() as conn:
+        kept = conn.execute(select(inbound_events.c.provider, inbound_events.c.outcome, inbound_events.c.reason)
+                            .order_by(inbound_events.c.id)).all()
+    assert [(provider, outcome) for provider, outcome, _ in kept] == [("connectfi", "rejected")] * 2
+    assert "customerId" in kept[0].reason
+    assert "not valid JSON" in kept[1].reason
     assert customer(container, "cf_cust_1") is None
 
 
@@ -116,6 +140,7 @@ async def test_connectfi_without_configured_token_refuses(database_url, clock, c
             response = await post_cf(client, connectfi.callback("app_1"))
         assert response.status_code == 401
         assert "TRACKER_CONNECTFI_WEBHOOK_TOKEN" in response.json()["error"]["message"]
+        assert stored(container) == 0
     finally:
         container.stop()
         await container.http.aclose()
@@ -139,9 +164,12 @@ async def test_cryptopocket_signed_webhook(app_client, pocket, encoding: str) ->
     response = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "accepted"
-    assert customer(container, "usr_1").state == "pending"
+    row = customer(container, "usr_1")
+    assert (row.state, row.discovered_by, row.customer_type) == ("pending", "webhook", "unknown")
+    assert stored_event(container, response.json()["event"]).outcome == "applied"
     again = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
-    assert again.json()["status"] == "duplicate"
+    assert again.json() == {"status": "duplicate", "event": response.json()["event"]}
+    assert stored(container) == 1
 
 
 async def test_cryptopocket_refusals(app_client, pocket, clock) -> None:
@@ -175,3 +203,8 @@ async def test_cryptopocket_missing_user_is_400_and_kept(app_client, pocket) -> 
     assert response.status_code == 400
     assert "user_id" in response.json()["error"]["message"]
     assert stored(container) == 1
+    with container.engine.connect() as conn:
+        row = conn.execute(select(inbound_events)).one()
+    assert (row.provider, row.outcome) == ("cryptopocket", "rejected")
+    assert f"stored as event {row.id}" in response.json()["error"]["message"]
+    assert customer(container, "usr_1") is None

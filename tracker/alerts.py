@@ -10,11 +10,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping
+from sqlalchemy import Connection, Engine, RowMapping
 
 from tracker.alerting.base import Notice
 from tracker.db import queries
+from tracker.db.engine import write_transaction
 from tracker.domain.escalation import Tier
+from tracker.transitions.plans import NewAlert
 
 log = logging.getLogger("tracker.alerts")
 
@@ -93,18 +95,6 @@ def _notification_rows(notice: Notice, channels: Sequence[str], now: datetime) -
         "key": notice.key, "alert_id": notice.alert_id, "channel": channel, "action": notice.action,
         "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
     } for channel in channels]
-
-
-@dataclass(frozen=True)
-class NewAlert:
-    """An alert to raise with ``raise_alerts``: what ``raise_alert`` takes as arguments."""
-
-    key: str
-    kind: str
-    provider: str
-    title: str
-    customer: Mapping[str, Any] | RowMapping | None = None
-    detail: Mapping[str, Any] | None = None
 
 
 def _alert_values(settings: AlertSettings, kind: str, key: str, provider: str, now: datetime, title: str,
@@ -241,3 +231,23 @@ def acknowledge(conn: Connection, alert_id: int, actor: str, now: datetime) -> A
         queries.update_alert(conn, alert_id, {"state": "acknowledged", "acknowledged_at": now,
                                               "acknowledged_by": actor, "next_repeat_at": None})
     return queries.get_alert(conn, alert_id)
+
+
+def page(engine: Engine, state: str | None, limit: int, before: int | None) -> list[tuple[Any, list[Any]]]:
+    """Alerts newest first (``state``: only those), each with its notifications."""
+    with engine.connect() as conn:
+        rows = queries.list_alerts(conn, state, limit, before)
+        notices = queries.notifications_of(conn, [row.id for row in rows])
+    by_alert: dict[int, list[Any]] = {}
+    for notice in notices:
+        by_alert.setdefault(notice.alert_id, []).append(notice)
+    return [(row, by_alert.get(row.id, [])) for row in rows]
+
+
+def acknowledge_by(engine: Engine, alert_id: int, actor: str, now: datetime) -> tuple[Any, list[Any]] | None:
+    """Acknowledge one alert (stops critical repeats); the alert and its notifications, None if unknown."""
+    with write_transaction(engine) as conn:
+        row = acknowledge(conn, alert_id, actor, now)
+        if row is None:
+            return None
+        return row, queries.notifications_of(conn, [alert_id])

@@ -31,8 +31,9 @@ from tracker.domain.escalation import EscalationPolicy
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.domain.polling import PollPolicy
 from tracker.domain.provider_health import BreakerPolicy, spacing
-from tracker.escalation import Escalator, LifecycleEffects
-from tracker.ingest import GroupCommitter, Ingestor
+from tracker.escalation import Escalator
+from tracker.inbox.applier import Applier
+from tracker.inbox.store import InboxWriter
 from tracker.metrics import Metrics
 from tracker.outbox import Outbox
 from tracker.poller import Poller, ProviderPlan
@@ -42,6 +43,8 @@ from tracker.providers.connectfi import ConnectFiAdapter
 from tracker.providers.cryptopocket import CryptoPocketAdapter
 from tracker.scheduler import Ticker
 from tracker.settings import Settings
+from tracker.transitions.plans import Rules
+from tracker.transitions.writes import Writes
 
 log = logging.getLogger("tracker")
 
@@ -52,23 +55,26 @@ class Container:
     clock: Clock
     engine: Engine
     metrics: Metrics
-    ingestor: Ingestor
-    committer: GroupCommitter
+    inbox: InboxWriter
+    applier: Applier
+    writes: Writes
     customers: Customers
     api_keys: ApiKeys
     http: httpx.AsyncClient
     poller: Poller
     escalator: Escalator
     outbox: Outbox
-    effects: LifecycleEffects
     head: str | None = field(default=None)
     ticker: Ticker | None = field(default=None)
 
     def start(self) -> None:
-        self.committer.start()
+        """Store and apply webhooks (every process does both)."""
+        self.applier.start()
+        self.inbox.start()
 
     def stop(self) -> None:
-        self.committer.stop()
+        self.inbox.stop()
+        self.applier.stop()
 
     async def start_worker(self) -> None:
         """Start the scheduler on the running loop (``tracker worker``, and ``tracker serve`` by default)."""
@@ -178,7 +184,6 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     engine = engine or make_engine(settings.database_url)
     metrics = Metrics()
     policy = poll_policy(settings)
-    ingestor = Ingestor(engine, clock, metrics, policy=policy)
     http = httpx.AsyncClient(transport=transport, timeout=settings.poll_timeout.total_seconds(),
                              headers={"user-agent": f"tracker/{tracker.__version__}"})
     plans = {name: ProviderPlan(adapter, spacing(settings.rate_limits.get(name, ())),
@@ -189,23 +194,25 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
         channels=settings.alert_channels(),
         critical_repeat=settings.critical_repeat if settings.critical_repeat > timedelta(0) else None,
         incident_threshold=settings.incident_threshold, incident_window=settings.incident_window)
-    effects = LifecycleEffects(escalation_policy(settings), alert_settings)
-    ingestor.effects = effects
+    escalation = escalation_policy(settings)
+    rules = Rules(escalation=escalation, polling=policy)
+    writes = Writes(alert_settings, metrics)
+    applier = Applier(engine, clock, writes, rules, metrics=metrics)
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
     # is polled again within one interval.
     breaker = BreakerPolicy(max_cooldown=min(timedelta(minutes=5), settings.poll_interval / 4))
     poller = Poller(engine, clock, plans, policy, owner=owner, lease=settings.poll_lease,
                     horizon=max(settings.tick * 2, timedelta(seconds=1)), breaker=breaker, metrics=metrics,
-                    effects=effects)
+                    writes=writes, rules=rules)
     container = Container(
-        settings=settings, clock=clock, engine=engine, metrics=metrics, ingestor=ingestor,
-        committer=GroupCommitter(ingestor), customers=Customers(engine, clock, metrics, policy=policy, effects=effects),
+        settings=settings, clock=clock, engine=engine, metrics=metrics,
+        inbox=InboxWriter(engine, metrics, on_stored=applier.wake), applier=applier, writes=writes,
+        customers=Customers(engine, clock, writes, rules),
         api_keys=ApiKeys(engine, clock, settings.api_key_cache_ttl), http=http, poller=poller,
-        escalator=Escalator(engine, clock, effects, owner=owner, lease=settings.poll_lease, checker=poller,
-                            metrics=metrics),
+        escalator=Escalator(engine, clock, escalation, alert_settings, owner=owner, writes=writes, rules=rules,
+                            lease=settings.poll_lease, checker=poller, metrics=metrics),
         outbox=Outbox(engine, clock, channels(settings, http, clock), owner=owner, lease=settings.poll_lease,
                       metrics=metrics),
-        effects=effects,
         head=migrate.head_revision(),
     )
     metrics.add_gauge("tracker_customers", "Tracked customers by provider, state and tier",
@@ -215,6 +222,21 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     metrics.add_gauge("tracker_notifications_by_state", "Outbox notifications by channel and state",
                       ["channel", "state"], container.notification_counts)
     return container
+
+
+def database(settings: Settings) -> Engine:
+    """The engine the settings name (commands that need only the database)."""
+    return make_engine(settings.database_url)
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> str | None:
+    """Apply the migrations up to ``revision``; the revision the database is then at."""
+    engine = database(settings)
+    try:
+        migrate.upgrade(engine, revision)
+        return migrate.current_revision(engine)
+    finally:
+        engine.dispose()
 
 
 def prepare_database(container: Container, *, upgrade: bool) -> None:

@@ -79,25 +79,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from tracker.db import migrate
-    from tracker.db.engine import make_engine
+    from tracker.bootstrap import upgrade_database
 
     settings = _settings()
     _logging(settings)
-    engine = make_engine(settings.database_url)
-    migrate.upgrade(engine, args.revision)
-    print(f"database at {migrate.current_revision(engine)}")
-    engine.dispose()
+    print(f"database at {upgrade_database(settings, args.revision)}")
     return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from tracker.apikeys import ApiKeys
+    from tracker.bootstrap import database
     from tracker.clock import SystemClock
-    from tracker.db.engine import make_engine
 
     settings = _settings()
-    engine = make_engine(settings.database_url)
+    engine = database(settings)
     key = ApiKeys(engine, SystemClock()).create(args.name, args.scope)
     engine.dispose()
     print(f"Created API key {args.name!r} with scope {args.scope}. It is shown once; store it now:")
@@ -114,29 +110,24 @@ def progress(done: int, total: int, started: float, out: TextIO) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tracker.clock import SystemClock
-    from tracker.db import queries
-    from tracker.db.engine import make_engine
-    from tracker.ingest import Ingestor
+    """Stored events through the current code again, by the same path as the applier and the replay API."""
+    from tracker.bootstrap import build
 
     settings = _settings()
     _logging(settings)
-    engine = make_engine(settings.database_url)
+    container = build(settings)
+    applier = container.applier
     outcomes = None if args.all else [o.strip() for o in args.outcome.split(",") if o.strip()]
-    with engine.connect() as conn:
-        total = queries.count_events_to_replay(conn, provider=args.provider, outcomes=outcomes)
-    ingestor = Ingestor(engine, SystemClock())
+    total = applier.count_replayable(args.provider, outcomes)
     tally: dict[str, int] = {}
     done, last, started = 0, 0, time.monotonic()
     show = sys.stderr.isatty() or args.progress
     while True:
-        with engine.connect() as conn:
-            ids = queries.events_to_replay(conn, provider=args.provider, outcomes=outcomes, after_id=last,
-                                           limit=500)
+        ids = applier.replayable(args.provider, outcomes, after_id=last, limit=500)
         if not ids:
             break
         for event_id in ids:
-            result = ingestor.reprocess(event_id)
+            result = applier.replay(event_id, actor="replay:cli")
             tally[result.outcome] = tally.get(result.outcome, 0) + 1
             done += 1
             if show and (done % 50 == 0 or done == total):
@@ -146,17 +137,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally.items())) or "nothing to replay"
     print(f"replayed {done} event(s): {summary}")
-    engine.dispose()
+    container.engine.dispose()
     return 0
 
 
 def cmd_alerts_ack(args: argparse.Namespace) -> int:
+    from tracker.bootstrap import database
     from tracker.clock import SystemClock
-    from tracker.db.engine import make_engine
     from tracker.web.alerts_api import _acknowledge
 
     settings = _settings()
-    engine = make_engine(settings.database_url)
+    engine = database(settings)
     try:
         alert = _acknowledge(engine, args.id, args.by, SystemClock().now())
     finally:
@@ -166,11 +157,11 @@ def cmd_alerts_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_list(args: argparse.Namespace) -> int:
-    from tracker.db.engine import make_engine
+    from tracker.bootstrap import database
     from tracker.web.alerts_api import _list
 
     settings = _settings()
-    engine = make_engine(settings.database_url)
+    engine = database(settings)
     try:
         for alert in _list(engine, args.state, args.limit, None):
             sent = ",".join(f"{n['channel']}:{n['state']}" for n in alert["notifications"]) or "-"

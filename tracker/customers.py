@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,12 +16,11 @@ from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
 from tracker.db.reads import CustomerReads
-from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger, decide
-from tracker.domain.polling import PollPolicy
+from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger
 from tracker.errors import Conflict, Invalid, NotFound
-from tracker.metrics import Metrics
 from tracker.providers import blaaiz
-from tracker.transitions import ConcurrentChange, Effects, apply_signal, initial_poll
+from tracker.transitions.plans import Customer, Rules, first_poll, plan
+from tracker.transitions.writes import ConcurrentChange, Writes
 
 CUSTOMER_TYPES = ("individual", "business")
 # The documented document types of the providers that have no fixed upload slots.
@@ -61,15 +60,11 @@ def _text_id(name: str, value: Any, required: bool = True) -> str | None:
 
 
 class Customers:
-    def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None,
-                 on_change: Callable[[list[dict[str, Any]]], None] | None = None,
-                 policy: PollPolicy | None = None, effects: Effects | None = None) -> None:
+    def __init__(self, engine: Engine, clock: Clock, writes: Writes, rules: Rules) -> None:
         self.engine = engine
-        self.policy = policy
-        self.effects = effects
         self.clock = clock
-        self.metrics = metrics
-        self.on_change = on_change
+        self.writes = writes
+        self.rules = rules
         self.reads = CustomerReads(engine)
 
     # -- writes -------------------------------------------------------------------------------------------
@@ -93,7 +88,7 @@ class Customers:
         new = {"provider": provider, "provider_customer_id": pcid, "state": State.AWAITING_DOCUMENTS.value,
                "version": 1, "discovered_by": "api", "created_at": now, "updated_at": now, "tier": "none",
                "attempts": 0, "rejections": 0, **wanted}
-        new["next_poll_at"] = initial_poll(new, now, self.policy)
+        new["next_poll_at"] = first_poll(new, now, self.rules.polling)
         with self._begin() as conn:
             created = queries.insert_customer(conn, new)
             row = queries.lock_customers(conn, provider, [pcid])[pcid]
@@ -109,7 +104,7 @@ class Customers:
                                    f"not {value!r}")
             if fill:
                 if row.next_poll_at is None and row.state != State.VERIFIED.value:
-                    fill["next_poll_at"] = initial_poll({**row._mapping, **fill}, now, self.policy)
+                    fill["next_poll_at"] = first_poll({**row._mapping, **fill}, now, self.rules.polling)
                 fill.update(_id=row.id, _old_version=row.version, version=row.version + 1, updated_at=now)
                 queries.update_customers(conn, [fill])
                 row = self._lock(conn, row.id)
@@ -150,7 +145,7 @@ class Customers:
                 changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now,
                                       f"upload of {slot}")
             row = self._lock(conn, row.id)
-        self._publish(changes)
+        self.writes.published(changes)
         return CustomerResult(row, warnings=warnings)
 
     def submit(self, customer_id: int) -> CustomerResult:
@@ -170,7 +165,7 @@ class Customers:
             self._warn_resubmission(row, warnings)
             changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now, "submit")
             row = self._lock(conn, row.id)
-        self._publish(changes)
+        self.writes.published(changes)
         return CustomerResult(row, warnings=warnings)
 
     # -- reads --------------------------------------------------------------------------------------------
@@ -256,18 +251,11 @@ class Customers:
 
     def _apply(self, conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str
                ) -> list[dict[str, Any]]:
-        decision = decide(queries.snapshot_of(row._mapping), signal, now)
-        if decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
-            raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: {decision.reason}")
+        planned = plan(Customer.of(row._mapping), signal, now, self.rules, actor=actor)
+        if planned.decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
+            raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: "
+                           f"{planned.decision.reason}")
         try:
-            return apply_signal(conn, row, signal, now, actor, policy=self.policy, effects=self.effects).changes
+            return self.writes.write(conn, [planned], now)
         except ConcurrentChange:
             raise Conflict("the customer changed while this request ran; try again") from None
-
-    def _publish(self, changes: list[dict[str, Any]]) -> None:
-        for change in changes:
-            if self.metrics is not None:
-                self.metrics.observe_transition(change["provider"], change["from"], change["to"],
-                                                change["trigger"], change["source"])
-        if changes and self.on_change is not None:
-            self.on_change(changes)

@@ -1,6 +1,6 @@
 """Escalation: the SLA clock's deadlines are rows (``customers.deadline_at``), claimed like polls, so a threshold
-is raised within a tick of being crossed, once, also after downtime; and the lifecycle effects that keep those
-rows right when a customer enters or leaves ``pending``.
+is raised within a tick of being crossed, once, also after downtime. A move sets or clears them
+(``tracker.transitions.plans``).
 
 Before raising a tier for a provider that can be polled, the customer is polled once (within a short budget):
 no alert for a case that has in fact been decided.
@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, RowMapping
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
-from tracker.alerts import AlertSettings, NewAlert, raise_alert, raise_alerts, resolve_customer
+from tracker.alerts import AlertSettings, raise_alert
 from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
-from tracker.domain.escalation import EscalationPolicy, Tier, next_deadline, tier_at
-from tracker.domain.lifecycle import Decision, Signal, Snapshot, State
+from tracker.domain.escalation import EscalationPolicy, Tier, tier_at
+from tracker.domain.lifecycle import State
 from tracker.metrics import Metrics
 from tracker.providers.base import CustomerRef, ProviderError, StatusReport
-from tracker.transitions import ConcurrentChange, apply_signal
+from tracker.transitions.plans import Customer, Rules, deadline, plan
+from tracker.transitions.writes import ConcurrentChange, Writes
 
 log = logging.getLogger("tracker.escalation")
 ORDER = (Tier.NONE, Tier.OVERDUE, Tier.CRITICAL)
@@ -39,81 +39,17 @@ SETTLE_CHUNK = 25
 SETTLE_THREADS = 4  # PostgreSQL: chunks settled at once (each on a pooled connection)
 
 
-class LifecycleEffects:
-    """Keeps deadlines and alerts in step with the lifecycle (``tracker.transitions.Effects``)."""
-
-    def __init__(self, policy: EscalationPolicy, alerts: AlertSettings) -> None:
-        self.policy = policy
-        self.alerts = alerts
-
-    def deadline(self, provider: str, customer_type: str, pending_since: datetime | None, tier: Tier
-                 ) -> dict[str, Any]:
-        thresholds = self.policy.thresholds(provider, customer_type)
-        upcoming = next_deadline(thresholds, pending_since, tier)
-        return {"deadline_at": upcoming[1] if upcoming else None,
-                "deadline_tier": upcoming[0].value if upcoming else None}
-
-    def on_move(self, conn: Connection, row: Mapping[str, Any] | RowMapping, decision: Decision, now: datetime
-                ) -> dict[str, Any]:
-        values, resolve = self.move_values(row, decision.before, decision.after)
-        if resolve:
-            resolve_customer(conn, self.alerts, row, now)
-        return values
-
-    def move_values(self, row: Mapping[str, Any] | RowMapping, before: Snapshot, after: Snapshot
-                    ) -> tuple[dict[str, Any], bool]:
-        """What moving from ``before`` to ``after`` (one move, or several in a row) changes in the customer's row
-        (``row`` as it was at ``before``: its ``provider``, ``customer_type`` and ``tier`` are read), and whether
-        its open tier alerts are to be resolved (``on_leaving_escalated``). An attempt ends when the customer
-        leaves ``pending`` or starts another one (each entry into ``pending`` counts an attempt); a new one
-        starts at tier ``none``."""
-        kept = before.state is State.PENDING and after.state is State.PENDING and after.attempts == before.attempts
-        if kept:
-            return {}, False
-        # Tier alerts are raised in the transaction that sets the tier: a customer still at ``none`` has none
-        # open (most leave pending so: no query for them).
-        resolve = before.state is State.PENDING and row["tier"] != Tier.NONE.value
-        if after.state is State.PENDING:  # a new attempt: its own clock and its own alerts
-            return {"tier": Tier.NONE.value,
-                    **self.deadline(row["provider"], row["customer_type"], after.pending_since, Tier.NONE)}, resolve
-        if before.state is State.PENDING:
-            return {"tier": Tier.NONE.value, "deadline_at": None, "deadline_tier": None}, resolve
-        return {}, False
-
-    def on_leaving_escalated(self, conn: Connection, row: Mapping[str, Any] | RowMapping, now: datetime) -> None:
-        """The customer left ``pending`` after a tier was raised: resolve its open tier alerts."""
-        resolve_customer(conn, self.alerts, row, now)
-
-    def on_conflict(self, conn: Connection, row: Mapping[str, Any] | RowMapping, signal: Signal, now: datetime,
-                    cause: str) -> None:
-        raise_alerts(conn, self.alerts, [self.conflict_alert(row, signal, cause)], now)
-
-    def on_unknown(self, conn: Connection, row: Mapping[str, Any] | RowMapping, raw: str, now: datetime) -> None:
-        raise_alerts(conn, self.alerts, [self.unknown_alert(row, raw)], now)
-
-    @staticmethod
-    def conflict_alert(row: Mapping[str, Any] | RowMapping, signal: Signal, cause: str) -> NewAlert:
-        """The provider contradicts a verified customer (``cause`` tells this contradiction from others)."""
-        raw = signal.provider_status or (signal.trigger.value if signal.trigger else "?")
-        return NewAlert(key=f"conflict:customer:{row['id']}:{raw}:{cause}", kind="conflict", provider=row["provider"],
-                        title=f"{row['provider']} says {raw} for verified customer {row['provider_customer_id']}",
-                        customer=row, detail={"provider_status": raw})
-
-    @staticmethod
-    def unknown_alert(row: Mapping[str, Any] | RowMapping, raw: str) -> NewAlert:
-        """An undocumented status value (alerted once per customer and value)."""
-        title = f"{row['provider']} sent an undocumented status {raw!r} for {row['provider_customer_id']}"
-        return NewAlert(key=f"unknown_status:customer:{row['id']}:{raw}", kind="unknown_status",
-                        provider=row["provider"], title=title, customer=row, detail={"provider_status": raw})
-
-
 class Escalator:
-    def __init__(self, engine: Engine, clock: Clock, effects: LifecycleEffects, *, owner: str,
+    def __init__(self, engine: Engine, clock: Clock, policy: EscalationPolicy, alerts: AlertSettings, *,
+                 owner: str, writes: Writes | None = None, rules: Rules | None = None,
                  lease: timedelta = timedelta(seconds=30), checker: Any = None, metrics: Metrics | None = None,
                  batch: int = 500) -> None:
         self.engine = engine
         self.clock = clock
-        self.effects = effects
+        self.policy = policy
+        self.alerts = alerts
+        self.writes = writes or Writes(alerts, metrics)
+        self.rules = rules or Rules(escalation=policy)
         self.owner = owner
         self.lease = lease
         self.checker = checker  # the Poller, for the check before an alert; None: no checks
@@ -184,37 +120,43 @@ class Escalator:
             list(pool.map(lambda chunk: self._settle_chunk(chunk, reports), chunks))
 
     def _settle_chunk(self, chunk: list[Row[Any]], reports: dict[int, StatusReport]) -> None:
+        changes: list[dict[str, Any]] = []
         try:
             with self._begin() as conn:
                 for claimed in chunk:
-                    self._settle_alone(conn, claimed.id, reports.get(claimed.id))
+                    changes += self._settle_alone(conn, claimed.id, reports.get(claimed.id))
+            self.writes.published(changes)
         except Exception:
             log.exception("escalating customers %s failed; they are retried after their lease",
                           ", ".join(str(claimed.id) for claimed in chunk))
 
-    def _settle_alone(self, conn: Connection, customer_id: int, report: StatusReport | None) -> None:
+    def _settle_alone(self, conn: Connection, customer_id: int, report: StatusReport | None
+                      ) -> list[dict[str, Any]]:
+        """Settle one customer in a savepoint of its own; the change notices of what its check moved."""
         try:
             with conn.begin_nested():
-                self._settle_one(conn, customer_id, report)
+                return self._settle_one(conn, customer_id, report)
         except ConcurrentChange:
             log.info("customer %s changed while escalating; the next tick looks again", customer_id)
         except Exception as exc:
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 raise  # the transaction is gone: the whole chunk is retried after its lease
             log.exception("escalating customer %s failed; it is retried after its lease", customer_id)
+        return []
 
-    def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None) -> None:
+    def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None
+                    ) -> list[dict[str, Any]]:
         now = self.clock.now()
         row = queries.lock_customer(conn, customer_id)
         if row is None or row.deadline_lease_owner != self.owner:
-            return
+            return []
+        changes: list[dict[str, Any]] = []
         if report is not None:
-            applied = apply_signal(conn, row, report.signal, now, f"check:{self.owner}", effects=self.effects,
-                                   extra=lambda decision: {"last_polled_at": now, "last_signal_at": now})
-            if applied.decision.moved and self.metrics is not None:
-                for change in applied.changes:
-                    self.metrics.observe_transition(row.provider, change["from"], change["to"], change["trigger"],
-                                                    "poll")
+            planned = plan(Customer.of(row._mapping), report.signal, now, self.rules, actor=f"check:{self.owner}",
+                           flags=tuple(report.flags),
+                           unknown_status=report.provider_status if report.unknown else None,
+                           extra={"last_polled_at": now, "last_signal_at": now})
+            changes = self.writes.write(conn, [planned], now)
             row = queries.lock_customer(conn, customer_id)
             assert row is not None
         values: dict[str, Any] = {"deadline_lease_until": None, "deadline_lease_owner": None}
@@ -222,7 +164,7 @@ class Escalator:
             values.update(deadline_at=None, deadline_tier=None)
         else:
             customer_type = row.customer_type if row.customer_type != "unknown" else "individual"
-            thresholds = self.effects.policy.thresholds(row.provider, customer_type)
+            thresholds = self.policy.thresholds(row.provider, customer_type)
             reached = tier_at(thresholds, row.pending_since, now)
             current = Tier(row.tier)
             for tier in ORDER[ORDER.index(current) + 1:ORDER.index(reached) + 1]:
@@ -231,18 +173,19 @@ class Escalator:
                 values["tier"] = reached.value
                 values["version"] = row.version + 1
                 values["updated_at"] = now
-            values.update(self.effects.deadline(row.provider, customer_type, row.pending_since,
-                                                max(reached, current, key=ORDER.index)))
+            values.update(deadline(self.policy, row.provider, customer_type, row.pending_since,
+                                   max(reached, current, key=ORDER.index)))
         values.update(_id=row.id, _old_version=row.version)
         if queries.update_customers(conn, [values]) != 1:
             raise ConcurrentChange(f"customer {row.id} changed meanwhile")
+        return changes
 
     def _raise(self, conn: Connection, row: Row[Any], tier: Tier, now: datetime) -> None:
         pending = int((now - row.pending_since).total_seconds()) if row.pending_since else 0
         name = row.provider
         title = (f"{name} verification of {row.provider_customer_id} pending {pending // 3600} h "
                  f"{(pending % 3600) // 60:02d} min: {tier.value}")
-        alert = raise_alert(conn, self.effects.alerts, key=f"customer:{row.id}:attempt:{row.attempts}:{tier.value}",
+        alert = raise_alert(conn, self.alerts, key=f"customer:{row.id}:attempt:{row.attempts}:{tier.value}",
                             kind=tier.value, provider=row.provider, now=now, customer=row._mapping,
                             attempt=row.attempts, title=title,
                             detail={"tier": tier.value, "pending_since": row.pending_since.isoformat()
@@ -252,7 +195,7 @@ class Escalator:
 
     def _repeats(self) -> None:
         """Unacknowledged critical alerts are announced again every ``critical_repeat``."""
-        repeat = self.effects.alerts.critical_repeat
+        repeat = self.alerts.critical_repeat
         if not repeat:
             return
         from tracker.alerts import enqueue, notice_for
@@ -263,5 +206,5 @@ class Escalator:
                 customer = queries.get_customer(conn, alert.customer_id) if alert.customer_id else None
                 count = alert.repeats + 1
                 enqueue(conn, notice_for(alert._mapping, "repeat", now, customer._mapping if customer else None,
-                                         repeat=count), self.effects.alerts.channels, now)
+                                         repeat=count), self.alerts.channels, now)
                 queries.update_alert(conn, alert.id, {"repeats": count, "next_repeat_at": now + repeat})

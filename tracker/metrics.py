@@ -43,10 +43,10 @@ class Metrics:
                               registry=self.registry)
         self.notifications = Counter("tracker_notifications", "Notifications by channel and result",
                                      ["channel", "result"], registry=self.registry)
-        self.ingest_batch = Histogram("tracker_ingest_batch_size", "Deliveries committed together",
+        self.ingest_batch = Histogram("tracker_inbox_batch_size", "Webhook deliveries stored together",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
-        self.ingest_seconds = Histogram("tracker_ingest_commit_seconds", "Time to store and apply one batch",
-                                        registry=self.registry)
+        self.applied = Counter("tracker_inbox_applied", "Stored events applied, by outcome", ["outcome"],
+                               registry=self.registry)
 
     def add_gauge(self, name: str, documentation: str, labels: list[str],
                   read: Callable[[], Iterable[tuple[Any, ...]]]) -> None:

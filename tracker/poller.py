@@ -11,13 +11,12 @@ the two cannot poll or apply twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,8 +26,7 @@ from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
 from tracker.domain.events import MAX_STATUS, unstorable
-from tracker.domain.lifecycle import Decision
-from tracker.domain.polling import PollPolicy, failure_backoff, next_poll
+from tracker.domain.polling import PollPolicy, PollSubject, failure_backoff, next_poll
 from tracker.domain.provider_health import (
     SAFETY,
     Breaker,
@@ -41,7 +39,9 @@ from tracker.domain.provider_health import (
 )
 from tracker.metrics import Metrics
 from tracker.providers.base import Adapter, CustomerRef, ProviderError, StatusReport
-from tracker.transitions import ConcurrentChange, apply_signal, subject_of
+from tracker.transitions.plans import Customer, Rules
+from tracker.transitions.plans import plan as plan_change
+from tracker.transitions.writes import ConcurrentChange, Writes
 
 log = logging.getLogger("tracker.poller")
 DEFAULT_HOLD = timedelta(seconds=30)  # a 429 without Retry-After holds the provider this long
@@ -70,10 +70,10 @@ class Poller:
     def __init__(self, engine: Engine, clock: Clock, plans: dict[str, ProviderPlan], policy: PollPolicy, *,
                  owner: str, lease: timedelta = timedelta(seconds=60), horizon: timedelta = timedelta(seconds=2),
                  breaker: BreakerPolicy | None = None, metrics: Metrics | None = None,
-                 on_change: Callable[[list[dict[str, Any]]], None] | None = None,
-                 rng: random.Random | None = None, effects: Any = None) -> None:
+                 rng: random.Random | None = None, writes: Writes | None = None, rules: Rules | None = None) -> None:
         self.engine = engine
-        self.effects = effects  # tracker.escalation.LifecycleEffects: deadlines and alerts follow the lifecycle
+        self.writes = writes or Writes(metrics=metrics)
+        self.rules = rules or Rules(polling=policy)
         self.clock = clock
         self.plans = plans
         self.policy = policy
@@ -82,7 +82,6 @@ class Poller:
         self.horizon = horizon
         self.breaker = breaker or BreakerPolicy()
         self.metrics = metrics
-        self.on_change = on_change
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._inflight: dict[str, int] = dict.fromkeys(plans, 0)
         self._semaphores = {name: asyncio.Semaphore(plan.concurrency) for name, plan in plans.items()}
@@ -295,45 +294,25 @@ class Poller:
         with self._begin() as conn:
             row = self._held(conn, customer_id)
             if row is not None:
-                flags = queries.flags_of(row._mapping)
-                new_flags = [*flags, *(f for f in report.flags if f not in flags)]
-                if report.unknown and f"unknown_status:{report.provider_status}" not in new_flags:
-                    new_flags.append(f"unknown_status:{report.provider_status}")
-                    log.warning("%s answered an undocumented status %r for customer %s; kept raw, treated as in "
-                                "progress", provider, report.provider_status, customer_id)
-                    if self.metrics is not None:
-                        self.metrics.unknown_status.labels(provider).inc()
-                    if self.effects is not None:
-                        self.effects.on_unknown(conn, row._mapping, report.provider_status, now)
-
-                def bookkeeping(decision: Decision) -> dict[str, Any]:
-                    after = decision.after
-                    subject = subject_of(row._mapping, after.state, polled_at=now, signal_at=now,
-                                         pending_since=after.pending_since)
-                    due = anchored(next_poll(subject, self.policy, now), row.next_poll_at, now)
-                    values: dict[str, Any] = {
-                        "next_poll_at": due, "poll_lease_until": None,
-                        "poll_lease_owner": None, "poll_failures": 0, "last_polled_at": now, "last_signal_at": now,
-                    }
-                    if new_flags != flags:
-                        values["flags"] = json.dumps(new_flags)
-                        values["version"] = max(after.version, row.version + 1)
-                    return values
-
+                planned = plan_change(Customer.of(row._mapping), report.signal, now, self.rules,
+                               actor=f"poll:{self.owner}", flags=tuple(report.flags),
+                               unknown_status=report.provider_status if report.unknown else None)
+                after = planned.after
+                subject = PollSubject(provider, row.customer_type, after.snapshot.state, after.snapshot.pending_since,
+                                      now, now)
+                bookkeeping = {"next_poll_at": anchored(next_poll(subject, self.policy, now), row.next_poll_at, now),
+                               "poll_lease_until": None, "poll_lease_owner": None, "poll_failures": 0,
+                               "last_polled_at": now, "last_signal_at": now}
                 try:
-                    applied = apply_signal(conn, row, report.signal, now, f"poll:{self.owner}", bookkeeping,
-                                           effects=self.effects)
+                    changes = self.writes.write(conn, [replace(planned, values={**planned.values, **bookkeeping})],
+                                                now)
                 except ConcurrentChange:
                     log.info("customer %s changed during its poll; the next poll will see it", customer_id)
                     raise
-                changes = applied.changes
             self._provider_result(conn, provider, None, now)
         if self.metrics is not None:
             self.metrics.polls.labels(provider, "ok").inc()
-            for change in changes:
-                self.metrics.observe_transition(provider, change["from"], change["to"], change["trigger"], "poll")
-        if changes and self.on_change is not None:
-            self.on_change(changes)
+        self.writes.published(changes)
 
     def _record_failure(self, provider: str, customer_id: int, error: ProviderError) -> None:
         now = self.clock.now()

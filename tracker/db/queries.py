@@ -20,22 +20,7 @@ from tracker.db.tables import (
     provider_state,
     uploads,
 )
-from tracker.domain.lifecycle import Snapshot, State
-
-SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_provider_time", "attempts",
-                   "rejections", "rejection_reason", "provider_status")
-
-
-def snapshot_of(row: Mapping[str, Any] | RowMapping) -> Snapshot:
-    values = {name: row[name] for name in SNAPSHOT_FIELDS}
-    values["state"] = State(values["state"])
-    return Snapshot(**values)
-
-
-def snapshot_values(snapshot: Snapshot) -> dict[str, Any]:
-    values = {name: getattr(snapshot, name) for name in SNAPSHOT_FIELDS}
-    values["state"] = snapshot.state.value
-    return values
+from tracker.domain.lifecycle import State
 
 
 def _insert(conn: Connection, table: Any) -> Any:

@@ -176,6 +176,9 @@ class InboundEvent(SQLModel, table=True):
               postgresql_where=text("duplicate_of IS NULL AND fingerprint IS NOT NULL")),
         Index("ix_inbound_events_customer", "customer_id", "id"),
         Index("ix_inbound_events_unprocessed", "outcome", "id"),
+        # The applier's queue: only the rows not applied yet, so it stays small however large the inbox grows.
+        Index("ix_inbound_events_unapplied", "id", sqlite_where=text("processed_at IS NULL"),
+              postgresql_where=text("processed_at IS NULL")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -191,9 +194,13 @@ class InboundEvent(SQLModel, table=True):
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     received_at: datetime = Field(sa_column=_ts(nullable=False))
     processed_at: datetime | None = Field(default=None, sa_column=_ts())
-    # received | accepted | duplicate | ignored | stale | conflict | rejected | error
+    # received (stored, not applied yet) | ignored | rejected, then the applier's: applied | no_change | stale
+    # | conflict | refused | error
     outcome: str = Field(sa_column=Column(String(16), nullable=False))
     reason: str | None = Field(default=None, sa_column=Column(Text))
+    # The applier's tries; an error is tried again at retry_at, then left for `tracker replay`.
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    retry_at: datetime | None = Field(default=None, sa_column=_ts())
     duplicate_of: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("inbound_events.id")))
 
 

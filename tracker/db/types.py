@@ -10,6 +10,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 
+def sqlite_text(value: datetime | None) -> str | None:
+    """A time as ``UTCDateTime`` stores it on SQLite (naive UTC text with microseconds), for statements that
+    bind values on the driver's cursor themselves (``tracker.db.inbox``)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes in, aware UTC datetimes out; naive UTC on SQLite, timestamptz on PostgreSQL."""
 

@@ -10,9 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tracker.alerts import acknowledge
-from tracker.db import queries
-from tracker.db.engine import write_transaction
+from tracker import alerts
 from tracker.errors import NotFound, TrackerError
 from tracker.web.requests import authorize, path_id
 from tracker.web.responses import iso, json_response
@@ -34,13 +32,7 @@ def alert_json(row: Any, notices: list[Any]) -> dict[str, Any]:
 
 
 def _list(engine: Engine, state: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = queries.list_alerts(conn, state, limit, before)
-        notices = queries.notifications_of(conn, [row.id for row in rows])
-    by_alert: dict[int, list[Any]] = {}
-    for notice in notices:
-        by_alert.setdefault(notice.alert_id, []).append(notice)
-    return [alert_json(row, by_alert.get(row.id, [])) for row in rows]
+    return [alert_json(row, notices) for row, notices in alerts.page(engine, state, limit, before)]
 
 
 async def list_alerts(request: Request) -> Response:
@@ -62,11 +54,10 @@ async def list_alerts(request: Request) -> Response:
 
 
 def _acknowledge(engine: Engine, alert_id: int, actor: str, now: Any) -> dict[str, Any]:
-    with write_transaction(engine) as conn:
-        row = acknowledge(conn, alert_id, actor, now)
-        if row is None:
-            raise NotFound(f"no alert with id {alert_id}")
-        return alert_json(row, queries.notifications_of(conn, [alert_id]))
+    found = alerts.acknowledge_by(engine, alert_id, actor, now)
+    if found is None:
+        raise NotFound(f"no alert with id {alert_id}")
+    return alert_json(*found)
 
 
 async def acknowledge_alert(request: Request) -> Response:

@@ -70,7 +70,7 @@ async def submit(request: Request) -> Response:
 
 async def read_customer(container: Any, customer_id: int, if_none_match: str | None) -> tuple[str, bytes | None]:
     """One customer as ``GET /v1/customers/{id}`` answers it: its ETag, and its JSON body, or None when
-    ``If-None-Match`` names the ETag (304). Raises ``NotFound``. Also used by ``tracker.web.fastpath``.
+    ``If-None-Match`` names the ETag (304). Raises ``NotFound``.
 
     No worker thread for these reads (see tracker.db.reads). With If-None-Match, first read only what the ETag
     is made of: when it still matches, that is all a 304 needs."""
@@ -177,9 +177,9 @@ async def customer_history(request: Request) -> Response:
 
 async def replay_event(request: Request) -> Response:
     await authorize(request, "admin")
-    ingestor = request.app.state.container.ingestor
+    applier = request.app.state.container.applier
     try:
-        result = await run_in_threadpool(ingestor.reprocess, path_id(request))
+        result = await run_in_threadpool(applier.replay, path_id(request))
     except LookupError:
         raise NotFound(f"no stored event with id {path_id(request)}") from None
     return json_response({"event": result.event_id, "outcome": result.outcome, "reason": result.reason,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,11 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
-from tracker.web.fastpath import CustomerReadFastPath, WebhookFastPath
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -87,28 +85,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return UNEXPECTED.response()
 
 
-class _App(Starlette):
-    """Starlette, with the fast paths (``tracker.web.fastpath``) in front of its whole middleware stack: what
-    they answer skips even Starlette's own entry and error middleware; everything else enters Starlette as
-    usual. Neither lets an error out: the read path hands a failed read on to the route, and the webhook path
-    answers the JSON 500 that the catch-all handler (``_unexpected``) would."""
-
-    def __init__(self, fast: Sequence[Callable[[ASGIApp], ASGIApp]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        entry: ASGIApp = super().__call__
-        for wrap in reversed(fast):
-            entry = wrap(entry)
-        self._entry = entry
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._entry(scope, receive, send)
-
-
-def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True, fast_webhooks: bool = True
-               ) -> Starlette:
-    """The app. ``worker``: also run the scheduler (polling) in this process, as ``tracker serve`` does.
-    ``fast_reads``, ``fast_webhooks``: answer the common ``GET /v1/customers/{id}`` and the common webhook
-    delivery in ``tracker.web.fastpath`` (off only to compare the two paths)."""
+def create_app(container: Any, *, worker: bool = False) -> Starlette:
+    """The app. ``worker``: also run the scheduler (polling, escalation, delivery) in this process, as
+    ``tracker serve`` does; the inbox's writer and applier run in every process."""
     routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
 
@@ -125,12 +104,7 @@ def create_app(container: Any, *, worker: bool = False, fast_reads: bool = True,
             container.stop()
 
     receivers = webhooks.receivers(container.settings)
-    fast: list[Callable[[ASGIApp], ASGIApp]] = []  # the first is outermost
-    if fast_reads:  # whose budget against bare is the tighter
-        fast.append(lambda inner: CustomerReadFastPath(inner, container))
-    if fast_webhooks:
-        fast.append(lambda inner: WebhookFastPath(inner, container, receivers))
-    app = _App(fast, routes=routes, lifespan=lifespan, exception_handlers={
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
         Exception: _unexpected,
     })

@@ -14,8 +14,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tracker.db import queries
-
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -103,7 +101,7 @@ def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "attempts": row["attempts"],
         "rejections": row["rejections"],
         "discovered_by": row["discovered_by"],
-        "flags": queries.flags_of(row),
+        "flags": json.loads(row["flags"]) if row["flags"] else [],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "version": row["version"],

@@ -1,13 +1,10 @@
-"""Provider webhooks. The raw event is stored (and applied) before the 2xx; see ``tracker.ingest``.
+"""Provider webhooks. The event is stored before the 2xx and applied afterwards; see ``tracker.inbox``.
 
 Every provider goes through the same steps: 415 unless JSON, 413 over 1 MiB (before reading it whole), 401
 unless authenticated (signature, or connectFi's path token), then parse: a body that cannot be understood is
-stored as ``rejected`` and answered 400; anything else is stored, applied and answered 200. 503 when the
-database cannot take the write, so the provider retries.
-
-The first two steps read the request; everything from the body on is ``receive``, which knows nothing of
-Starlette: the routes below call it, and so does ``tracker.web.fastpath.WebhookFastPath``, which answers
-the common delivery without Starlette's per-request machinery. Both therefore answer alike by construction.
+stored as ``rejected`` and answered 400; anything else is stored and answered 200 (``accepted``, ``duplicate``
+or ``ignored``); the applier applies it afterwards. 503 when the database cannot take the write, so the
+provider retries. Nothing here reads or writes customers.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from starlette.responses import Response
 
 from tracker.domain.events import ParsedEvent, ParseError
 from tracker.errors import DatabaseUnavailable, TrackerError
-from tracker.ingest import Delivery
+from tracker.inbox.store import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
 from tracker.settings import Settings
 from tracker.web.requests import is_json, read_body, require_text
@@ -97,7 +94,7 @@ def _encode(payload: dict[str, Any]) -> bytes:
 
 async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str], params: Mapping[str, Any],
                   body: bytes) -> Reply:
-    """Authenticate, parse, store and apply one delivery whose body has been read; the answer to send."""
+    """Authenticate, parse and store one delivery whose body has been read; the answer to send."""
     provider = receiver.provider
     now = container.clock.now()
     try:
@@ -128,10 +125,10 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
         stored = _EMAIL_IN_RAW.sub(b'"customer_email":null', body)
     delivery = Delivery(provider, now, stored, kept, parsed, problem)
     try:
-        result = await container.committer.submit(delivery)
+        result = await container.inbox.submit(delivery)
     except DatabaseUnavailable as exc:
         return error_reply(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
-    if result.outcome == "rejected":
+    if result.status == "rejected":
         return error_reply(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
     # What json_response({"status": ..., "event": ...}) writes, without the generic encoder on the hot path.
     return Reply(200, f'{{"status":"{result.status}","event":{result.event_id}}}'.encode())

@@ -1,0 +1,1 @@
+"""Inbound provider events: stored first (``store``), applied after (``applier``)."""
