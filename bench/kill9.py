@@ -16,7 +16,10 @@ rounds of:
 Then it queries the database (the server is dead): every acknowledged event id must be stored exactly once as an
 original (``duplicate_of IS NULL``), no event id may be stored twice as an original, and the inbox row each 2xx
 named must exist and belong to that event. Last, a final retry: the server is started once more, every event
-still unacknowledged is re-sent, the server is stopped, and now every event ever sent must be stored exactly once.
+still unacknowledged is re-sent, the server's applier is given time to apply everything stored (events stored
+before a kill but not yet applied included), the server is stopped, and now every event ever sent must be
+stored exactly once and applied exactly once: its outcome ``applied`` (each event moves a customer of its own),
+one history row for it, and no customer moved twice.
 
 It prints counts per round and totals, and PASS or FAIL per backend; the exit status is 1 on FAIL.
 """
@@ -179,6 +182,7 @@ class Round:
     died_early: bool = False
     stored: int = 0  # this round's new events found in the database after the kill
     check: Check | None = None
+    drained_in: float | None = None  # the final retry: seconds until every stored event was applied
 
 
 def client(server: Server) -> httpx.AsyncClient:
@@ -250,16 +254,33 @@ class Check:
     doubled: list[str]  # stored more than once as an original
     lost_rows: list[str]  # the row a 2xx named is gone, or belongs to another event
     strangers: list[str]  # stored originals nobody sent
+    unapplied: list[str] = field(default_factory=list)  # settled check: stored, not applied (or not ``applied``)
+    moved_twice: list[str] = field(default_factory=list)  # settled check: an event or customer with 2+ moves
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.doubled or self.lost_rows or self.strangers)
+        return not (self.missing or self.doubled or self.lost_rows or self.strangers or self.unapplied
+                    or self.moved_twice)
 
 
-def check(database_url: str, events: list[Event], required: list[Event]) -> Check:
+def check(database_url: str, events: list[Event], required: list[Event], settled: bool = False) -> Check:
+    """What the database holds. ``settled``: the applier has had its time, so every stored event must also have
+    been applied exactly once."""
     engine = make_engine(database_url)
+    unapplied: list[str] = []
+    moved_twice: list[str] = []
     try:
         with engine.connect() as conn:
+            if settled:
+                unapplied = [f"{row.event_id} ({row.outcome})" for row in conn.execute(text(
+                    "SELECT event_id, outcome FROM inbound_events WHERE provider = 'blaaiz' "
+                    "AND (processed_at IS NULL OR outcome <> 'applied') ORDER BY id"))]
+                moved_twice = [f"event {row[0]}: {row[1]} moves" for row in conn.execute(text(
+                    "SELECT e.event_id, count(*) FROM history h JOIN inbound_events e ON e.id = h.event_id "
+                    "GROUP BY e.event_id HAVING count(*) > 1"))]
+                moved_twice += [f"customer {row[0]}: {row[1]} moves" for row in conn.execute(text(
+                    "SELECT customer_id, count(*) FROM history WHERE source = 'webhook' GROUP BY customer_id "
+                    "HAVING count(*) > 1"))]
             originals = conn.execute(text(
                 "SELECT event_id, count(*) FROM inbound_events WHERE provider = 'blaaiz' AND duplicate_of IS NULL "
                 "GROUP BY event_id")).all()
@@ -282,6 +303,8 @@ def check(database_url: str, events: list[Event], required: list[Event]) -> Chec
         doubled=sorted(event_id for event_id, n in stored.items() if n > 1),
         lost_rows=lost_rows,
         strangers=sorted(set(stored) - sent),
+        unapplied=unapplied,
+        moved_twice=moved_twice,
     )
 
 
@@ -365,10 +388,27 @@ def run_backend(backend: str, database_url: str, workdir: Path, *, rounds: int, 
     server.start()
     try:
         asyncio.run(resend_all(server, final_round, [event for event in events if not event.acked], concurrency))
+        final_round.drained_in = wait_applied(database_url)
     finally:
         server.stop()
-    final = check(database_url, events, events)
+    final = check(database_url, events, events, settled=True)
     return Report(backend, done, events, final_round, final)
+
+
+def wait_applied(database_url: str, timeout: float = 60.0) -> float | None:
+    """Seconds until the running server's applier has applied every stored event; None if not within
+    ``timeout`` (the settled check then names what is left)."""
+    engine = make_engine(database_url)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            with engine.connect() as conn:
+                if not conn.execute(text("SELECT count(*) FROM inbound_events WHERE processed_at IS NULL")).scalar():
+                    return time.monotonic() - started
+            time.sleep(0.05)
+        return None
+    finally:
+        engine.dispose()
 
 
 async def resend_all(server: Server, stats: Round, retries: list[Event], concurrency: int) -> None:
@@ -414,9 +454,13 @@ def print_report(report: Report, out: TextIO = sys.stdout) -> None:
     print(f"  then: {len(report.final.stored)} of {sent} sent events stored, missing {len(report.final.missing)}, "
           f"duplicated {len(report.final.doubled)}, unanswered {len(report.still_unacknowledged)} (must be "
           f"{sent}, 0, 0, 0)", file=out)
+    drained = "not within 60 s" if final.drained_in is None else f"{final.drained_in:.2f} s"
+    print(f"  applied: the backlog emptied {drained} after the final retry; not applied {len(report.final.unapplied)}, "
+          f"moved twice {len(report.final.moved_twice)} (must be 0, 0)", file=out)
     for label, items in (("missing", report.missing), ("duplicated", report.doubled),
                          ("row gone", report.lost_rows), ("stored, never sent", report.strangers),
-                         ("unexpected", report.unexpected), ("unanswered", report.still_unacknowledged)):
+                         ("unexpected", report.unexpected), ("unanswered", report.still_unacknowledged),
+                         ("not applied", report.final.unapplied), ("moved twice", report.final.moved_twice)):
         for item in items[:10]:
             print(f"    {label}: {item}", file=out)
     print(f"{report.backend}: {'PASS' if report.passed else 'FAIL'}", file=out, flush=True)

@@ -1,9 +1,11 @@
-"""``kill -9`` of the server under webhook load, three times: no acknowledged event lost, none stored twice.
+"""``kill -9`` of the server under webhook load, three times: no acknowledged event lost, none stored twice,
+each applied exactly once once the server runs again.
 
 A short run of bench/kill9.py (the full run is ``bench/kill9``: 10 rounds on both backends) on the backend of
 this test run: a real ``tracker serve`` process is SIGKILLed in the middle of a concurrent signed-webhook load,
 restarted, sent new events and provider-style retries of the unanswered ones, three times over; then a final
-retry sends every event still unanswered. The database must hold every acknowledged event exactly once.
+retry sends every event still unanswered. The database must hold every acknowledged event exactly once, and the
+restarted server's applier must apply each exactly once (one history row each, no customer moved twice).
 """
 
 from __future__ import annotations
@@ -49,4 +51,6 @@ def test_kill9_three_rounds_loses_and_doubles_nothing() -> None:
     assert report.unexpected == [], text
     assert report.still_unacknowledged == [], text  # the final retry got every event answered
     assert len(report.final.stored) == len(report.events), text  # ... and now every event is stored once
+    assert report.final.unapplied == [], text  # ... and applied
+    assert report.final.moved_twice == [], text  # ... exactly once
     assert report.passed, text

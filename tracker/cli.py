@@ -67,11 +67,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        container.start()  # the inbox's applier runs here too
         await container.start_worker()
         log.info("worker %s polling %s", container.poller.owner, ", ".join(container.poller.plans) or "nothing")
         await stop.wait()
         log.info("worker stopping: finishing the polls in flight")
         await container.stop_worker()
+        container.stop()
 
     asyncio.run(run())
     container.engine.dispose()

@@ -57,11 +57,10 @@ class Lease:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not self._stopping.is_set():
-                        if not self._held:
-                            self._held = bool(self._scalar(conn, "SELECT pg_try_advisory_lock(%s)"))
-                            if self._held:
-                                log.info("this process now applies the inbox")
-                                wake.set()
+                        if not self._held and self._scalar(conn, "SELECT pg_try_advisory_lock(%s)"):
+                            log.info("this process now applies the inbox")
+                            wake.set()  # before it shows as held: what was stored meanwhile is applied
+                            self._held = True
                         for _ in conn.notifies(timeout=LISTEN_SLICE, stop_after=1):
                             wake.set()
             except Exception as exc:
