@@ -181,21 +181,22 @@ class CustomerReads:
         if provider is not None:
             where.append(f"provider = {mark}")
             params.append(provider)
+        # Pending customers, and the escalated tiers (only pending customers have one), come from the small
+        # partial index; other states are found along the newest-first index (most customers are decided).
+        # The literal matches the partial index's predicate (a bound value would not, on either database).
+        pending = state == _PENDING or pending_before is not None or (tier is not None and tier != "none")
         if state is not None:
             where.append(f"state = {mark}")
             params.append(state)
-            index = "ix_customers_provider_state_updated" if provider is not None else "ix_customers_state_updated"
-        if pending_before is not None:
-            # The literal matches the partial index's predicate (a bound value would not, on either database).
-            where += [f"state = '{_PENDING}'", f"pending_since <= {mark}"]
-            params.append(self._stamp(pending_before))
+        if pending:
+            where.append(f"state = '{_PENDING}'")
             index = "ix_customers_pending_updated"
+        if pending_before is not None:
+            where.append(f"pending_since <= {mark}")
+            params.append(self._stamp(pending_before))
         if tier is not None:
             where.append(f"tier = {mark}")
             params.append(tier)
-            if tier != "none":
-                where.append("tier <> 'none'")  # implied; lets the partial index serve it
-                index = "ix_customers_tier_updated"
         if reference is not None:
             where.append(f"reference = {mark}")
             params.append(reference)

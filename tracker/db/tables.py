@@ -30,20 +30,16 @@ def _ts(nullable: bool = True, index: bool = False) -> Column[datetime]:
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
     __table_args__ = (
+        # Only the indexes the queries use: every stored change moves updated_at, and an UPDATE that changes no
+        # indexed column can stay on its page (a HOT update on PostgreSQL, no index entries to write or vacuum).
         Index("uq_customers_provider_pcid", "provider", "provider_customer_id", unique=True),
+        # The API's list (tracker.db.reads), newest change first; pending customers (and so the escalated
+        # tiers) from a small partial index, with pending_since in it so pending_longer_than is checked there.
         Index("ix_customers_updated", "updated_at", "id"),
-        Index("ix_customers_state_updated", "state", "updated_at", "id"),
-        Index("ix_customers_provider_state_updated", "provider", "state", "updated_at", "id"),
-        Index("ix_customers_state_pending_since", "state", "pending_since"),
-        Index("ix_customers_reference", "reference"),
-        # For the API's list (tracker.db.reads): small partial indexes, kept up only for the rows they hold.
-        # Pending customers newest change first, with pending_since in the index so pending_longer_than is
-        # checked on the index; the escalated tiers newest change first, with the state likewise. (On
-        # PostgreSQL, migration 0003 also creates statistics on (state, tier), which are correlated.)
         Index("ix_customers_pending_updated", "updated_at", "id", "pending_since",
               sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
-        Index("ix_customers_tier_updated", "tier", "updated_at", "id", "state",
-              sqlite_where=text("tier <> 'none'"), postgresql_where=text("tier <> 'none'")),
+        Index("ix_customers_state_pending_since", "state", "pending_since"),
+        Index("ix_customers_reference", "reference"),
         Index("ix_customers_due_poll", "provider", "next_poll_at"),
         # The escalation claim's order (deadline_at, id): PostgreSQL can scan it plainly up to the limit (it does
         # when it expects few rows due), marking dead row versions' entries as it goes, where a bitmap scan

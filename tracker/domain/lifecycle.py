@@ -181,11 +181,13 @@ def decide(snapshot: Snapshot, signal: Signal, now: datetime) -> Decision:
 
 def _observed(outcome: Outcome, snapshot: Snapshot, status: str | None, seen_at: datetime | None,
               reason: str) -> Decision:
-    """No move, but the provider's raw status or clock may be new. A change that is not a move still gets a new
-    version, so ETags follow every stored change."""
+    """No move, but the provider's raw status or clock may be new. A new raw status is a change the API shows:
+    it gets a new version, so ETags follow it. The provider's clock alone is bookkeeping for the stale check:
+    stored, but nothing a reader sees changes (a re-sent status changes no version, no ETag)."""
     if status == snapshot.provider_status and seen_at == snapshot.last_provider_time:
         return Decision(outcome, snapshot, snapshot, reason)
-    after = Snapshot(state=snapshot.state, version=snapshot.version + 1, pending_since=snapshot.pending_since,
+    version = snapshot.version + 1 if status != snapshot.provider_status else snapshot.version
+    after = Snapshot(state=snapshot.state, version=version, pending_since=snapshot.pending_since,
                      decided_at=snapshot.decided_at, last_provider_time=seen_at, attempts=snapshot.attempts,
                      rejections=snapshot.rejections, rejection_reason=snapshot.rejection_reason,
                      provider_status=status)

@@ -122,7 +122,9 @@ def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, act
     values: dict[str, Any] = {}
     after = customer
     if decision.changed:
-        values.update(snapshot_values(decision.after), updated_at=now)
+        values.update(snapshot_values(decision.after))
+        if decision.after.version != decision.before.version:  # a change readers see (else: the provider's clock)
+            values["updated_at"] = now
         after = replace(after, snapshot=decision.after)
     resolve = False
     if decision.moved:
