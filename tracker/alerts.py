@@ -33,11 +33,6 @@ class AlertSettings:
     incident_window: timedelta = timedelta(minutes=10)
 
 
-def _hours(seconds: int | None) -> str:
-    if seconds is None:
-        return ""
-    hours = seconds / 3600
-    return f"{hours:.0f} h" if hours >= 1 else f"{seconds // 60} min"
 
 
 def advice(kind: str, provider: str, customer: Mapping[str, Any] | RowMapping | None) -> str:

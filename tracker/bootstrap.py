@@ -33,6 +33,7 @@ from tracker.domain.polling import PollPolicy
 from tracker.domain.provider_health import BreakerPolicy, spacing
 from tracker.escalation import Escalator
 from tracker.inbox.applier import Applier
+from tracker.inbox.lease import Lease
 from tracker.inbox.store import InboxWriter
 from tracker.metrics import Metrics
 from tracker.outbox import Outbox
@@ -197,7 +198,7 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     escalation = escalation_policy(settings)
     rules = Rules(escalation=escalation, polling=policy)
     writes = Writes(alert_settings, metrics)
-    applier = Applier(engine, clock, writes, rules, metrics=metrics)
+    applier = Applier(engine, clock, writes, rules, Lease(engine), metrics=metrics)
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
     # is polled again within one interval.
     breaker = BreakerPolicy(max_cooldown=min(timedelta(minutes=5), settings.poll_interval / 4))

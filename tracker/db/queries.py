@@ -41,26 +41,6 @@ def _built(conn: Connection, name: str, build: Callable[[Connection], Any]) -> A
     return stmt
 
 
-# --- inbox ---------------------------------------------------------------------------------------------
-
-def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert inbox rows; returns their ids in order."""
-    if not rows:
-        return []
-    result = conn.execute(
-        inbound_events.insert().returning(inbound_events.c.id, sort_by_parameter_order=True), list(rows)
-    )
-    return [row.id for row in result]
-
-
-def update_event(conn: Connection, event_id: int, values: Mapping[str, Any]) -> None:
-    conn.execute(update(inbound_events).where(inbound_events.c.id == event_id).values(**values))
-
-
-def get_event(conn: Connection, event_id: int) -> Row[Any] | None:
-    return conn.execute(select(inbound_events).where(inbound_events.c.id == event_id)).first()
-
-
 # --- customers -----------------------------------------------------------------------------------------
 
 def lock_customers(conn: Connection, provider: str, provider_customer_ids: Iterable[str]) -> dict[str, Row[Any]]:
@@ -73,13 +53,6 @@ def lock_customers(conn: Connection, provider: str, provider_customer_ids: Itera
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {row.provider_customer_id: row for row in conn.execute(query)}
-
-
-def customers_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, RowMapping]:
-    """Customers by id (read in id order; the caller's transaction already holds their locks)."""
-    stmt = _built(conn, "customers_by_id", lambda c: select(customers).where(
-        customers.c.id.in_(bindparam("ids", expanding=True))).order_by(customers.c.id))
-    return {row.id: row._mapping for row in conn.execute(stmt, {"ids": sorted(set(ids))})}
 
 
 def lock_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
@@ -129,13 +102,6 @@ def update_customers(conn: Connection, changes: Sequence[dict[str, Any]]) -> int
 
 def get_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
     return conn.execute(select(customers).where(customers.c.id == customer_id)).first()
-
-
-def find_customer(conn: Connection, provider: str, provider_customer_id: str) -> Row[Any] | None:
-    return conn.execute(
-        select(customers).where(customers.c.provider == provider,
-                                customers.c.provider_customer_id == provider_customer_id)
-    ).first()
 
 
 def list_customers(conn: Connection, *, provider: str | None = None, state: str | None = None,

@@ -58,15 +58,15 @@ class _Batch:
 
 
 class Applier:
-    def __init__(self, engine: Engine, clock: Clock, writes: Writes, rules: Rules, *,
-                 metrics: Metrics | None = None, batch: int = 500, lease: Lease | None = None) -> None:
+    def __init__(self, engine: Engine, clock: Clock, writes: Writes, rules: Rules, lease: Lease, *,
+                 metrics: Metrics | None = None, batch: int = 500) -> None:
         self.engine = engine
         self.clock = clock
         self.writes = writes
         self.rules = rules
         self.metrics = metrics
         self.batch = batch
-        self.lease = lease or Lease(engine)
+        self.lease = lease
         self._applying = threading.Lock()  # one batch at a time in this process
         self._wake = threading.Event()
         self._stopping = threading.Event()

@@ -46,12 +46,9 @@ def plain_json_response(data: Any, headers: Mapping[str, str] | None = None) -> 
     return Response(fast_dumps(data), headers=headers, media_type="application/json")
 
 
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")  # as a raw ASGI header
-
-
 @dataclass(frozen=True)
 class Reply:
-    """A JSON answer outside Starlette (the fast paths send it raw), or as a ``Response``: the same bytes."""
+    """A JSON answer, made where no ``Request`` is at hand (``tracker.web.webhooks.receive``)."""
 
     status: int
     body: bytes
@@ -59,13 +56,6 @@ class Reply:
 
     def response(self) -> Response:
         return Response(self.body, status_code=self.status, headers=self.headers, media_type="application/json")
-
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers ``response()`` sends, in its order (the tests compare the two)."""
-        extra = self.headers or {}
-        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
-        raw += [(b"content-length", str(len(self.body)).encode()), JSON_CONTENT_TYPE]
-        return raw
 
 
 def error_reply(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Reply:
@@ -76,7 +66,7 @@ def error(status: int, code: str, message: str, headers: Mapping[str, str] | Non
     return error_reply(status, code, message, headers).response()
 
 
-# What the catch-all error handler answers (tracker.web.app), and the webhook fast path for its own failures.
+# What the catch-all error handler answers (tracker.web.app).
 UNEXPECTED = error_reply(500, "internal", "an unexpected error happened; it has been logged")
 
 
