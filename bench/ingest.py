@@ -1,650 +1,656 @@
-"""bench/ingest: signed-webhook ingest throughput of ``tracker serve``, against a bare Starlette endpoint.
+"""bench/ingest: signed Blaaiz webhooks into ``tracker serve``: acknowledged once stored, applied after.
 
-One command (``bench/ingest`` or ``python bench/ingest.py``). For each backend (SQLite, PostgreSQL or both) it:
+The tracker answers ``POST /webhooks/blaaiz`` once the delivery is stored in the inbox (one group-committed
+INSERT), and an applier thread in the same process applies the stored rows afterwards (it runs also under
+``--no-worker``). This bench measures both halves, in one process with its applier running, as an operator
+would start it (``tracker serve --no-worker``, TRACKER_LOG_LEVEL=warning). Three modes:
 
-1. measures the bare endpoint (bench/bare_app.py: reads the body, answers a small JSON 200, served by
-   uvicorn with the same settings as ``tracker serve``),
-2. creates a fresh database (``tracker db upgrade``; PostgreSQL: a database ``bench_ingest_<random>``, dropped
-   afterwards), seeds what a service that has run for a while holds (10,000 customers in a mix of states, an
-   inbox of 100,000 earlier deliveries, planner statistics), starts ``tracker serve --no-worker`` and measures
-   ``POST /webhooks/blaaiz``: realistic status webhooks for those customers (reviews starting, rejections with
-   reasons, approvals, re-sent statuses, the odd contradiction; 3% for customers the tracker has never seen),
-3. counts in the database what the tracker stored and applied, and checks it against what wrk saw acknowledged.
+``bench/ingest`` (closed loop, both backends by default). For each backend: the bare endpoint
+(bench/bare_app.py: reads the body, answers a small JSON 200, served by uvicorn with the same settings), then
+a fresh database (``tracker db upgrade``; PostgreSQL: a database ``bench_ingest_<random>``, dropped
+afterwards) seeded as a service that has run for a while (10,000 customers in a mix of states, an inbox of
+100,000 earlier deliveries, planner statistics; the seed written out before measuring), and
+realistic status webhooks for those customers (reviews starting, rejections with reasons, approvals,
+re-sent statuses, the odd contradiction; 3 % for customers never seen), with wrk, 32 connections, a
+warm-up then a measured run (the same wrk settings for bare and tracker). After the load it waits for the
+applier to drain the backlog and reports the apply rate of that drain and the time from the end of the load
+(wrk's exit, right after its last acknowledgement) to the last event applied. Targets:
+  throughput   acknowledged (2xx) webhooks/s >= 0.35 x bare on SQLite, >= 0.25 x bare on PostgreSQL
+  latency      p99 <= 25 ms (wrk: request written -> answer read)
+  errors       zero non-2xx, zero socket errors or timeouts
+  stored once  every acknowledged event is in the inbox once: stored >= acked (stored may exceed acked by
+               the requests in flight when wrk stopped), no event stored as a duplicate, no 2xx "duplicate"
+  applied      every stored event applied (processed_at set; outcome not error or rejected)
+  apply rate   >= 3,000 events/s while draining the backlog left at the end of the load. When the applier
+               kept up with the load (a backlog under 3,000 events, too short to time), the bench stores
+               20,000 events itself through the tracker's own inbox INSERT (tracker.inbox.store.row_of,
+               tracker.db.inbox.store; no HTTP) and times their drain instead; the output says which.
+It also prints the CPU per webhook of the server process (which holds SQLite) and of PostgreSQL's backends
+for the bench database, over the load and over load + drain, with its ratio to bare's CPU per request; the
+lag (below) under the load; and the applier's batches (rows sharing a processed_at) with the time between
+their starts.
 
-It also prints the CPU each process used per acknowledged request (the server, PostgreSQL's backends for the
-bench database, wrk), which is what the ratio to the bare endpoint comes down to.
+``bench/ingest --steady``: an even pace, 1,000 webhooks/s for 60 s by default (--rate, --duration), sent by
+wrk with bench/webhook_paced.lua over 32 keep-alive connections (--pace-connections): hey paces but cannot
+sign each request differently, and wrk2 is not packaged. The bare endpoint gets the same pace (20 s) as the
+baseline of the acknowledgement latency and of the pacer's own CPU. Targets: lag p99 <= 100 ms, where lag =
+processed_at - received_at of each event, read from the database after the run. received_at is stamped when
+the request is handled, before its INSERT, so the lag is store + wait + apply; processed_at is the applier's
+clock when its batch's transaction began, so the lag leaves out that transaction's own time (and on SQLite,
+where that clock is read before the write lock is taken, it can precede received_at: such negative lags are
+counted and printed). Also: the pace kept (>= 99 % of the rate, else the run is invalid), zero non-2xx, stored
+once, all applied. The pacer's CPU is printed as wrk's; sends that left late because every connection was
+still waiting for an answer are counted (slip), not hidden.
 
-Load: wrk (Debian's native load generator) over loopback, 32 connections by default, a short warm-up then a
-fixed measured run, the same wrk settings for the bare endpoint and the tracker. wrk has no HMAC, so every
-request is generated and signed here beforehand and replayed by bench/webhook.lua exactly once: each one has
-its own ``event_id`` and its own content (``updated_at`` moves by 1 ms per event), so nothing is a duplicate.
-The signatures use the current time and the tracker keeps its default 300 s timestamp window.
+``bench/ingest --soak``: 5 minutes (--duration 300) on PostgreSQL (--backend sqlite for SQLite) against the
+same 5,000 customers over and over, most events re-sent statuses that move nothing, each with a fresh event
+id and updated_at (about 3 % move a customer), closed loop with wrk, 32 connections, in 60 s slices (so the
+per-minute figures are wrk's own, and each slice has its own pool, signed for its minute: the tracker
+accepts a timestamp 300 s either side). Targets: the last minute's acknowledged throughput >= 0.9 x the
+first minute's; the backlog (rows with processed_at IS NULL) back to zero within 30 s of the end; zero
+non-2xx; stored once; all applied. Per minute it also prints the CPU per webhook and the server's RSS, and at
+the end the inbox table's size, dead rows and vacuums.
 
-wrk runs with 1 thread by default: the machine may have only 2 cores, and every cycle wrk takes is one the
-server under test does not get; one wrk thread drives 32 connections far faster than any Python server
-answers. The choice is the same for both targets.
+wrk has no HMAC, so every request is generated and signed here beforehand and bench/webhook.lua replays each
+exactly once: each has its own event_id and content, so nothing is a duplicate; a run whose pool ran out
+is invalid. wrk runs with 1 thread: the machine may have only 2 cores, and every cycle wrk takes is one the
+server does not get. Only 127.0.0.1 is loaded; every request loop is bounded in count and time.
 
-Targets (each tracker run gets PASS or FAIL):
-  throughput   acknowledged (2xx) webhooks/s >= 0.5 x the bare endpoint's requests/s (same backend pass)
-  latency      p99 <= 25 ms (wrk's latency: request written -> response read)
-  errors       zero non-2xx answers, zero socket errors or timeouts
-  stored       every acknowledged event is in the inbox (stored >= acked). Stored may exceed acked by the
-               requests still in flight when wrk stopped (stored - acked <= sent - completed).
-  applied      every stored event was applied (processed_at set, outcome neither error nor rejected)
-  apply p99    processed_at - received_at <= 100 ms at p99. processed_at is written in the same transaction
-               that stores the event, and that transaction commits before the 2xx is sent, so every
-               acknowledged event was applied before its acknowledgement; this column is the stricter
-               receive -> applied delay (queueing for the group commit included).
-
-Exit status 0 unless --strict is given and a target fails (or the run is invalid).
+    bench/ingest --backend both --duration 10
+    bench/ingest --steady --backend both
+    bench/ingest --soak
+Exit status 0 unless --strict is given and a target fails (or a run is invalid).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
-import json
 import math
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SECRET = "whsec_bench_blaaiz_1"
-PATH = "/webhooks/blaaiz"
-PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL",
-                          os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: find ingest_load beside us
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-TARGET_RATIO = 0.5
+import itertools
+
+from ingest_load import (
+    HERE,
+    PG_ADMIN,
+    SECRET,
+    CpuWatch,
+    Feed,
+    Inbox,
+    Load,
+    RepeatFeed,
+    Server,
+    Stored,
+    clean_env,
+    create_pg_database,
+    drop_pg_database,
+    inbox_table_note,
+    metric_sums,
+    postgres_backends,
+    rss_mb,
+    run_wrk,
+    seed_database,
+    settle,
+    sign_pool,
+    upgrade,
+    write_pool,
+)
+
+TARGET_RATIO = {"sqlite": 0.35, "postgres": 0.25}
 TARGET_P99_MS = 25.0
-TARGET_APPLY_P99_MS = 100.0
-
-REJECTION_REASONS = ("Document is blurry", "Name mismatch between ID and profile", "Expired passport",
-                     "Selfie does not match the identity document", "Cropped document")
-
-
-# --- the events -------------------------------------------------------------------------------------------
-
-class Feed:
-    """Realistic Blaaiz customer webhooks over a set of known customers (and a few unknown ones).
-
-    Each customer follows a plausible provider-side story (PENDING -> PROCESSING -> REJECTED -> PROCESSING ->
-    VERIFIED, with re-sent statuses and the odd contradiction), so the tracker does real lifecycle work:
-    transitions with history rows, no-ops, refusals, conflicts, customers discovered from webhooks.
-    """
-
-    def __init__(self, statuses: dict[str, str], rng: random.Random, start: datetime) -> None:
-        self.statuses = statuses
-        self.pcids = list(statuses)
-        self.rng = rng
-        self.start = start
-        self.count = 0
-
-    def _next_status(self, old: str) -> tuple[str, str]:
-        roll = self.rng.random()
-        if old == "PENDING":
-            return "customer.status_changed", "PROCESSING"
-        if old == "PROCESSING":
-            if roll < 0.55:
-                return "customer.status_changed", "REJECTED"
-            if roll < 0.70:
-                return "customer.verified", "VERIFIED"
-            if roll < 0.85:
-                return "customer.status_changed", "PROCESSING"  # a re-sent status: no move
-            return "customer.status_changed", "PENDING"  # Blaaiz PENDING moves nothing
-        if old == "REJECTED":
-            return "customer.status_changed", "PROCESSING"  # resubmitted
-        if roll < 0.9:  # VERIFIED
-            return "customer.verified", "VERIFIED"
-        return "customer.rejected", "REJECTED"  # contradicts a final decision: a conflict
-
-    def event(self, phase: str) -> bytes:
-        self.count += 1
-        n = self.count
-        if self.rng.random() < 0.03:
-            pcid, old, event_type, new = f"cus_new_{phase}{n:08d}", None, "customer.created", "PENDING"
-            if self.rng.random() < 0.5:
-                event_type, new, old = "customer.status_changed", "PROCESSING", "PENDING"
-        else:
-            pcid = self.rng.choice(self.pcids)
-            old = self.statuses[pcid]
-            event_type, new = self._next_status(old)
-            self.statuses[pcid] = new
-        updated_at = self.start + timedelta(milliseconds=n)  # strictly increasing: every content is unique
-        payload = {
-            "message": "Customer status updated",
-            "event_type": event_type,
-            "customer_id": pcid,
-            "customer_email": f"{pcid}@example.invalid",
-            "old_status": old,
-            "new_status": new,
-            "comment": self.rng.choice(REJECTION_REASONS) if new == "REJECTED" else None,
-            "updated_at": updated_at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{updated_at.microsecond // 1000:03d}Z",
-            "event_id": f"evt_{phase}_{n:09d}",
-            "type": "customer",
-        }
-        return json.dumps(payload, separators=(",", ":")).encode()
+TARGET_APPLY_RATE = 3000.0
+TARGET_LAG_P99_MS = 100.0
+TARGET_SOAK_KEEP = 0.9
+TARGET_SOAK_DRAIN_S = 30.0
+MIN_TIMED_BACKLOG = 3000  # a drain shorter than a second at the target rate is not timed
+STORED_BACKLOG = 20_000
+PACE_KEPT = 0.99
 
 
-def write_pool(feed: Feed, phase: str, count: int, threads: int, prefix: Path) -> None:
-    """``count`` signed requests, dealt round-robin into one file per wrk thread (see bench/webhook.lua)."""
-    timestamp = str(int(time.time()))
-    key = SECRET.encode()
-    head = timestamp.encode() + b"."
-    files = [open(f"{prefix}.{i + 1}", "wb") for i in range(threads)]  # noqa: SIM115
-    try:
-        for n in range(count):
-            body = feed.event(phase)
-            signature = hmac.new(key, head + body, hashlib.sha256).hexdigest()
-            files[n % threads].write(f"{timestamp}\t{signature}\t".encode() + body + b"\n")
-    finally:
-        for handle in files:
-            handle.close()
-
-
-# --- processes --------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any TRACKER_ setting (the tracker refuses unknown ones), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Server:
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, workdir: Path) -> None:
-        self.log = workdir / f"{self.name}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([*self.command, "--port", str(self.port)], env=self.env, cwd=ROOT,
-                                            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start-up:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not answer /healthz within 60 s")
-
-    def implementation(self) -> str:
-        """Which event loop and HTTP parser the server process has loaded (uvicorn picks them at start)."""
-        assert self.process is not None
-        try:
-            maps = Path(f"/proc/{self.process.pid}/maps").read_text()
-        except OSError:
-            return "unknown"
-        loop = "uvloop" if "uvloop" in maps else "asyncio"
-        http = "httptools" if "httptools" in maps else "h11"
-        return f"{loop}+{http}"
-
-    def metrics(self) -> str:
-        try:
-            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
-                return str(answer.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclass
-class Load:
-    """What wrk saw."""
-
-    completed: int
-    sent: int
-    ok: int
-    non_2xx: int
-    codes: str
-    socket_errors: int
-    wrapped: int
-    seconds: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used during the run, by process group
-
-    @property
-    def rps(self) -> float:
-        return self.ok / self.seconds if self.seconds else 0.0
-
-    @property
-    def in_flight(self) -> int:
-        return max(self.sent - self.completed, 0)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def run_wrk(url: str, prefix: Path, seconds: float, connections: int, threads: int,
-            watch: dict[str, list[int]] | None = None) -> Load:
-    """Run wrk; ``watch`` names groups of processes whose CPU use over the run is recorded (and wrk's own)."""
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-               "-s", str(HERE / "webhook.lua"), url + PATH, "--", str(prefix), PATH]
-    watch = watch or {}
-    before = {name: cpu_seconds(pids) for name, pids in watch.items()}
-    children = os.times()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 600)
-    after = os.times()
-    cpu = {name: cpu_seconds(pids) - before[name] for name, pids in watch.items()}
-    cpu["wrk"] = (after.children_user + after.children_system) - (children.children_user + children.children_system)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    data = json.loads(line.removeprefix("BENCH_JSON "))
-    return Load(
-        completed=data["completed"], sent=data["sent"], ok=data["ok"], non_2xx=data["non_2xx"],
-        codes=data["codes"].strip(), wrapped=data["wrapped"],
-        socket_errors=data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"],
-        seconds=data["duration_us"] / 1e6, p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000, max_ms=data["max_us"] / 1000, cpu=cpu,
-    )
-
-
-# --- databases --------------------------------------------------------------------------------------------
-
-def create_pg_database(admin_url: str) -> str:
-    import psycopg
-
-    name = f"bench_ingest_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{admin_url.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_pg_database(admin_url: str, url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def upgrade(database_url: str) -> None:
-    env = clean_env(TRACKER_DATABASE_URL=database_url, TRACKER_LOG_LEVEL="warning")
-    done = subprocess.run([sys.executable, "-m", "tracker.cli", "db", "upgrade"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"tracker db upgrade failed:\n{done.stdout}\n{done.stderr}")
-
-
-def seed_database(database_url: str, count: int, past_events: int, rng: random.Random) -> dict[str, str]:
-    """What a service that has been running for a while holds: ``count`` known Blaaiz customers in a mix of
-    states, and an inbox of ``past_events`` earlier deliveries for them, with planner statistics gathered.
-    Returns each customer's current provider status."""
-    from sqlalchemy import select
-
-    from tracker.db.engine import make_engine
-    from tracker.db.tables import customers, inbound_events
-
-    now = datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    statuses: dict[str, str] = {}
-    for n in range(count):
-        pcid = f"cus_{n:06d}"
-        roll = rng.random()
-        created = now - timedelta(hours=rng.uniform(1, 24 * 30))
-        row: dict[str, Any] = {
-            "provider": "blaaiz", "provider_customer_id": pcid, "reference": f"user-{n}",
-            "customer_type": "individual" if rng.random() < 0.9 else "business", "state": "awaiting_documents",
-            "provider_status": "PENDING", "tier": "none", "pending_since": None, "decided_at": None,
-            "last_provider_time": None, "rejection_reason": None, "attempts": 0, "rejections": 0, "version": 1,
-            "discovered_by": "api", "flags": None, "created_at": created, "updated_at": created,
-        }
-        if roll < 0.40:
-            pass  # awaiting documents
-        elif roll < 0.80:
-            row.update(state="pending", provider_status="PROCESSING", attempts=1, version=2,
-                       pending_since=now - timedelta(minutes=rng.uniform(1, 240)))
-        elif roll < 0.95:
-            row.update(state="rejected", provider_status="REJECTED", attempts=1, rejections=1, version=3,
-                       decided_at=created, rejection_reason=rng.choice(REJECTION_REASONS))
-        else:
-            row.update(state="verified", provider_status="VERIFIED", attempts=1, version=3, decided_at=created)
-        rows.append(row)
-        statuses[pcid] = row["provider_status"]
-    engine = make_engine(database_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(customers.insert(), rows)
-            ids: dict[str, int] = dict(conn.execute(select(customers.c.provider_customer_id, customers.c.id)).all())
-            pcids = list(ids)
-            for start in range(0, past_events, 10_000):
-                inbox = []
-                for n in range(start, min(start + 10_000, past_events)):
-                    pcid = pcids[n % len(pcids)]
-                    at = now - timedelta(days=30) + timedelta(seconds=n)
-                    status = ("PROCESSING", "REJECTED", "VERIFIED", "PENDING")[n % 4]
-                    body = {"event_type": "customer.status_changed", "customer_id": pcid, "new_status": status,
-                            "updated_at": at.isoformat(), "event_id": f"evt_past_{n:09d}", "type": "customer"}
-                    inbox.append({
-                        "provider": "blaaiz", "event_id": body["event_id"],
-                        "fingerprint": hashlib.sha256(json.dumps(body).encode()).hexdigest(),
-                        "event_type": body["event_type"], "provider_customer_id": pcid, "customer_id": ids[pcid],
-                        "provider_status": status, "provider_time": at, "headers": None,
-                        "body": json.dumps(body).encode(), "received_at": at, "processed_at": at,
-                        "outcome": "accepted" if n % 3 else "ignored", "reason": None, "duplicate_of": None,
-                    })
-                conn.execute(inbound_events.insert(), inbox)
-        with engine.connect() as conn:
-            # A production database has planner statistics (autovacuum keeps them current).
-            conn.exec_driver_sql("ANALYZE")
-            conn.commit()
-    finally:
-        engine.dispose()
-    return statuses
-
-
-def settle(database_url: str) -> None:
-    """Write the seed out before measuring: PostgreSQL's dirty buffers (CHECKPOINT), then the kernel's dirty
-    pages (sync). The seed writes a few hundred MB in seconds; left in the page cache, the kernel writes it
-    back 30 s later (``vm.dirty_expire_centisecs``), in the middle of the measured run, and every commit's
-    fsync waits behind it (PostgreSQL p99 45-58 ms in such runs on 2026-12-05, 17-22 ms in the others).
-    A service in its steady state writes back only its own writes."""
-    if database_url.startswith("postgresql"):
-        from tracker.db.engine import make_engine
-
-        engine = make_engine(database_url)
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("CHECKPOINT")
-        finally:
-            engine.dispose()
-    os.sync()
-
-
-@dataclass
-class Stored:
-    stored: int  # first deliveries (duplicate_of IS NULL) of this phase
-    duplicates: int
-    applied: int
-    outcomes: dict[str, int]
-    apply_p50_ms: float
-    apply_p99_ms: float
-    apply_max_ms: float
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]  # nearest rank
-
-
-def count_stored(database_url: str, phase: str) -> Stored:
-    from sqlalchemy import func, select
-
-    from tracker.db.engine import make_engine
-    from tracker.db.tables import inbound_events as ev
-
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            of_phase = ev.c.event_id.like(f"evt_{phase}_%")
-            outcomes = {row.outcome: row.n for row in conn.execute(
-                select(ev.c.outcome, func.count().label("n")).where(of_phase, ev.c.duplicate_of.is_(None))
-                .group_by(ev.c.outcome))}
-            duplicates = conn.execute(select(func.count()).select_from(ev).where(
-                of_phase, ev.c.duplicate_of.is_not(None))).scalar_one()
-            times = conn.execute(select(ev.c.received_at, ev.c.processed_at, ev.c.outcome).where(
-                of_phase, ev.c.duplicate_of.is_(None))).all()
-    finally:
-        engine.dispose()
-    lags = [(processed - received).total_seconds() * 1000 for received, processed, outcome in times
-            if processed is not None and outcome not in ("error", "rejected")]
-    return Stored(stored=sum(outcomes.values()), duplicates=int(duplicates), applied=len(lags), outcomes=outcomes,
-                  apply_p50_ms=percentile(lags, 0.50), apply_p99_ms=percentile(lags, 0.99),
-                  apply_max_ms=max(lags, default=0.0))
-
-
-def batch_sizes(metrics: str) -> str:
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("tracker_ingest_batch_size_sum"):
-            total = float(line.split()[-1])
-        elif line.startswith("tracker_ingest_batch_size_count"):
-            count = float(line.split()[-1])
-    return f"{count:.0f} commits, {total / count:.1f} deliveries per commit" if count else "no batch metrics"
-
-
-# --- one backend ------------------------------------------------------------------------------------------
+# --- results ----------------------------------------------------------------------------------------------
 
 @dataclass
 class Row:
+    """One target's figures (``cells``, by column), its checks (each PASS or FAIL) and notes."""
+
     target: str
-    load: Load
-    ratio: float | None = None
-    stored: Stored | None = None
-    warmup_problem: str | None = None
-    failures: list[str] = field(default_factory=list)
+    cells: dict[str, str] = field(default_factory=dict)
+    checks: list[tuple[str, str, bool]] = field(default_factory=list)  # (what, figure vs target, passed)
     notes: list[str] = field(default_factory=list)
+    judged: bool = True
 
-    def judge(self, connections: int) -> None:
-        load, stored = self.load, self.stored
-        assert stored is not None
-        assert self.ratio is not None
-        if load.wrapped:
-            self.failures.append(f"INVALID: the request pool ran out ({load.wrapped} repeats were sent)")
-        if self.ratio < TARGET_RATIO:
-            self.failures.append(f"throughput {self.ratio:.2f} of bare < {TARGET_RATIO}")
-        if load.p99_ms > TARGET_P99_MS:
-            self.failures.append(f"p99 {load.p99_ms:.1f} ms > {TARGET_P99_MS:g} ms")
-        if load.non_2xx:
-            self.failures.append(f"{load.non_2xx} non-2xx answers (status {load.codes})")
-        if load.socket_errors:
-            self.failures.append(f"{load.socket_errors} socket errors or timeouts")
-        if stored.stored < load.ok:
-            self.failures.append(f"{load.ok - stored.stored} acknowledged events are not stored")
-        if stored.stored > load.ok + load.in_flight + load.non_2xx:
-            self.failures.append(f"stored {stored.stored} > acked {load.ok} + in flight {load.in_flight}: "
-                                 "wrk's counts do not add up")
-        if stored.duplicates:
-            self.failures.append(f"{stored.duplicates} unique events were stored as duplicates")
-        if stored.applied < stored.stored:
-            self.failures.append(f"{stored.stored - stored.applied} stored events were not applied")
-        if stored.apply_p99_ms > TARGET_APPLY_P99_MS:
-            self.failures.append(f"apply p99 {stored.apply_p99_ms:.1f} ms > {TARGET_APPLY_P99_MS:g} ms")
-        if self.warmup_problem:
-            self.failures.append(f"warm-up: {self.warmup_problem}")
+    def check(self, what: str, figure: str, passed: bool) -> None:
+        self.checks.append((what, figure, passed))
+
+    @property
+    def failed(self) -> bool:
+        return any(not passed for _, _, passed in self.checks)
 
 
-def warm_and_measure(server: Server, workdir: Path, feed: Feed, args: argparse.Namespace, expected_rps: float,
-                     database_pids: Callable[[], list[int]] | None = None) -> tuple[Load | None, Load]:
-    """The warm-up, then the measured run, each with requests of its own (event ids ``evt_w_*``, ``evt_m_*``).
-    The measured pool is sized from the warm-up's rate (three times it; the bare rate caps it), so that no
-    request has to be sent twice; a run that still runs out is reported invalid."""
-    warm_load = None
-    if args.warmup:
-        warm = workdir / f"{server.name}-warm"
-        write_pool(feed, "w", int(expected_rps * args.warmup * 1.5) + 2000, args.threads, warm)
-        warm_load = run_wrk(server.url, warm, args.warmup, args.connections, args.threads)
-        expected_rps = min(expected_rps, 3 * warm_load.rps)
-    measured = workdir / f"{server.name}-measured"
-    write_pool(feed, "m", int(expected_rps * args.duration * 1.5) + 5000, args.threads, measured)
-    time.sleep(0.5)
-    assert server.process is not None
-    watch = {"server": [server.process.pid]}
-    if database_pids is not None:
-        watch["database"] = database_pids()
-    load = run_wrk(server.url, measured, args.duration, args.connections, args.threads, watch)
-    return warm_load, load
+def x(value: float, base: float) -> str:
+    """A ratio to a baseline, as printed after a figure."""
+    return f"{value / base:.2f}x" if base else "-"
 
 
-def postgres_backends(database_url: str) -> list[int]:
-    """The server processes serving connections to this database (the tracker's writers among them)."""
-    import psycopg
-
-    name = database_url.rsplit("/", 1)[1]
-    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        return [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
-
-
-def cpu_note(load: Load) -> str:
-    parts = []
-    for name, seconds in load.cpu.items():
-        label = "wrk (with loading its requests)" if name == "wrk" else name
-        parts.append(f"{label} {seconds / load.seconds:.2f} cores = {seconds / max(load.ok, 1) * 1e6:.0f} us")
-    return "CPU per acknowledged request: " + ", ".join(parts)
-
-
-def run_bare(workdir: Path, args: argparse.Namespace, label: str) -> Row:
-    server = Server(f"bare-{label}", [sys.executable, str(HERE / "bare_app.py")], clean_env())
-    rng = random.Random(7)
-    feed = Feed({f"cus_{n:06d}": "PENDING" for n in range(args.customers)}, rng, datetime.now(UTC))
-    server.start(workdir)
-    try:
-        impl = server.implementation()
-        # The pool may wrap here: the bare endpoint does not care whether it saw a body before.
-        _, load = warm_and_measure(server, workdir, feed, args, expected_rps=8000)
-    finally:
-        server.stop()
-    row = Row(f"bare ({label})", load, ratio=1.0)
-    row.notes += [f"server: {impl}", cpu_note(load)]
-    return row
-
-
-def run_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: Row) -> Row:
-    rng = random.Random(11)
-    pg_url = None
-    if backend == "postgres":
-        pg_url = create_pg_database(args.postgres_url)
-        database_url = pg_url
-    else:
-        database_url = f"sqlite:///{workdir / 'tracker-bench.db'}"
-    try:
-        upgrade(database_url)
-        statuses = seed_database(database_url, args.customers, args.past_events, rng)
-        settle(database_url)
-        feed = Feed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
-        env = clean_env(TRACKER_DATABASE_URL=database_url, TRACKER_BLAAIZ_WEBHOOK_SECRETS=SECRET,
-                        TRACKER_LOG_LEVEL="warning")
-        server = Server(f"tracker-{backend}", [sys.executable, "-m", "tracker.cli", "serve", "--no-worker"], env)
-        server.start(workdir)
-        try:
-            impl = server.implementation()
-            warm, load = warm_and_measure(server, workdir, feed, args, expected_rps=bare.load.rps,
-                                          database_pids=(lambda: postgres_backends(database_url))
-                                          if backend == "postgres" else None)
-            time.sleep(1.0)  # let the requests cut off at the end finish their commit
-            batches = batch_sizes(server.metrics())
-        finally:
-            server.stop()
-        row = Row(f"tracker-{backend}", load, ratio=load.rps / bare.load.rps if bare.load.rps else 0.0)
-        row.stored = count_stored(database_url, "m")
-        if warm is not None:
-            warm_stored = count_stored(database_url, "w")
-            if warm_stored.stored < warm.ok or warm.non_2xx or warm.wrapped:
-                row.warmup_problem = (f"acked {warm.ok}, stored {warm_stored.stored}, non-2xx {warm.non_2xx}, "
-                                      f"pool repeats {warm.wrapped}")
-        row.judge(args.connections)
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row.stored.outcomes.items()))
-        row.notes += [f"server: {impl}", batches, cpu_note(load), f"outcomes: {outcomes}",
-                      f"sent {load.sent}, completed {load.completed}, in flight at stop {load.in_flight}"]
-        if args.keep and backend == "postgres":
-            row.notes.append(f"database kept: {database_url}")
-        return row
-    finally:
-        if pg_url is not None and not args.keep:
-            drop_pg_database(args.postgres_url, pg_url)
-
-
-# --- output -----------------------------------------------------------------------------------------------
-
-def table(rows: list[Row], args: argparse.Namespace) -> str:
-    head = ("target", "req/s", "ratio", "p50 ms", "p99 ms", "non-2xx", "acked", "stored", "applied",
-            "apply p99", "result")
-    lines = [head]
+def table(rows: list[Row], columns: list[str]) -> str:
+    lines = [[*columns, "result"]]
     for row in rows:
-        load, stored = row.load, row.stored
-        lines.append((
-            row.target, f"{load.rps:.0f}", f"{row.ratio:.2f}" if row.ratio is not None else "-",
-            f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}", str(load.non_2xx + load.socket_errors), str(load.ok),
-            str(stored.stored) if stored else "-", str(stored.applied) if stored else "-",
-            f"{stored.apply_p99_ms:.1f} ms" if stored else "-",
-            ("FAIL" if row.failures else "PASS") if stored else "ref",
-        ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        result = ("FAIL" if row.failed else "PASS") if row.judged else "ref"
+        lines.append([row.target, *(row.cells.get(c, "-") for c in columns[1:]), result])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
-        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:],
-                                                                                         strict=True)]
-        out.append("  ".join(cells))
+        out.append("  ".join([line[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(line[1:], widths[1:],
+                                                                                         strict=True))]))
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
+def report(rows: list[Row], columns: list[str], legend: list[str]) -> bool:
+    print()
+    print(table(rows, columns))
+    print()
+    for row in rows:
+        for what, figure, passed in row.checks:
+            print(f"{row.target}: {'PASS' if passed else 'FAIL'} {what}: {figure}")
+    print()
+    for row in rows:
+        for note in row.notes:
+            print(f"{row.target}: {note}")
+    print()
+    for line in legend:
+        print(line)
+    failed = any(row.failed for row in rows)
+    print("RESULT:", "FAIL" if failed else "PASS")
+    return failed
+
+
+def cpu_cells(row: Row, cpu: dict[str, float], events: int, seconds: float, label: str,
+              bare_us: float | None = None) -> None:
+    """A note with each process group's CPU per event (and cores), against bare's server CPU per request."""
+    parts = []
+    for name, used in cpu.items():
+        per = used / max(events, 1) * 1e6
+        ratio = f" ({x(per, bare_us)} bare's {bare_us:.0f} us)" if bare_us and name != "wrk" else ""
+        parts.append(f"{name} {per:.0f} us{ratio} = {used / seconds:.2f} cores" if seconds else f"{name} {per:.0f}")
+    if "database" in cpu:
+        per = (cpu["server"] + cpu["database"]) / max(events, 1) * 1e6
+        parts.append(f"server + database {per:.0f} us" + (f" ({x(per, bare_us)} bare's)" if bare_us else ""))
+    row.notes.append(f"CPU per webhook, {label}: " + ", ".join(parts))
+
+
+def check_stored(row: Row, load: Load, stored: Stored) -> None:
+    """Every acknowledged event stored once, and applied."""
+    extra = stored.stored - load.ok
+    row.check("stored once", f"acked {load.ok}, stored {stored.stored} (in flight at wrk's stop "
+              f"{load.in_flight}), stored as duplicates {stored.duplicates}, answered duplicate "
+              f"{load.answers['duplicate']}, repeated ids {stored.repeated_ids}",
+              0 <= extra <= load.in_flight + load.non_2xx and not stored.duplicates
+              and not load.answers["duplicate"] and not stored.repeated_ids)
+    row.check("applied", f"{stored.applied} of {stored.stored} (not yet {stored.unapplied}, error or rejected "
+              f"{stored.failed})", stored.applied == stored.stored)
+    row.check("errors", f"{load.non_2xx} non-2xx (status {load.codes or '-'}), {load.socket_errors} socket "
+              "errors or timeouts", not load.non_2xx and not load.socket_errors)
+    if load.wrapped:
+        row.check("valid run", f"the request pool ran out: {load.wrapped} repeats were sent", False)
+
+
+def outcome_note(stored: Stored) -> str:
+    return "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(stored.outcomes.items()))
+
+
+def lag_note(stored: Stored, what: str) -> str:
+    negative = sum(1 for lag in stored.lags_ms if lag < 0)
+    return (f"{what}: p50 {stored.lag(0.5):.1f} ms, p90 {stored.lag(0.9):.1f}, p99 {stored.lag(0.99):.1f}, "
+            f"max {max(stored.lags_ms, default=0):.1f}; {negative} negative (processed_at before received_at)")
+
+
+def server_notes(row: Row, server: Server, impl: str) -> None:
+    metrics = server.metrics()
+    batch = metric_sums(metrics, "tracker_inbox_batch_size")
+    applied = metric_sums(metrics, "tracker_inbox_applied_total")
+    row.notes.append(f"server {impl}; tracker_inbox_batch_size: {batch.get('_count', 0):.0f} commits, "
+                     f"{batch.get('_sum', 0) / max(batch.get('_count', 0), 1):.1f} deliveries per commit; "
+                     "tracker_inbox_applied: " + ", ".join(f"{k.split(chr(34))[1]} {v:.0f}" for k, v in
+                                                           applied.items() if '"' in k))
+    for line in server.log_tail(5):
+        row.notes.append(f"server log: {line[:300]}")
+
+
+# --- databases and servers --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def database(backend: str, workdir: Path, args: argparse.Namespace, rng: random.Random
+             ) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh, seeded database: its URL and each customer's provider status. PostgreSQL's is dropped after."""
+    pg_url = None
+    if backend == "postgres":
+        database_url = pg_url = create_pg_database(args.postgres_url)
+    else:
+        database_url = f"sqlite:///{workdir / f'tracker-{int(time.time() * 1000)}.db'}"
+    try:
+        upgrade(database_url)
+        statuses = seed_database(database_url, args.customers, args.past_events, rng)
+        settle(database_url)
+        yield database_url, statuses
+    finally:
+        if pg_url is not None and not args.keep:
+            drop_pg_database(args.postgres_url, pg_url)
+        elif pg_url is not None:
+            print(f"  database kept: {pg_url}")
+
+
+@contextlib.contextmanager
+def tracker(backend: str, database_url: str, workdir: Path) -> Iterator[Server]:
+    env = clean_env(TRACKER_DATABASE_URL=database_url, TRACKER_BLAAIZ_WEBHOOK_SECRETS=SECRET,
+                    TRACKER_LOG_LEVEL="warning")
+    server = Server(f"tracker-{backend}", [sys.executable, "-m", "tracker.cli", "serve", "--no-worker"], env)
+    server.start(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def bare_server(workdir: Path, label: str) -> Iterator[Server]:
+    server = Server(f"bare-{label}", [sys.executable, str(HERE / "bare_app.py")], clean_env())
+    server.start(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def watch_of(server: Server, backend: str, database_url: str) -> CpuWatch:
+    assert server.process is not None
+    pid = server.process.pid
+    groups = {"server": lambda: [pid]}
+    if backend == "postgres":
+        groups["database"] = lambda: postgres_backends(database_url)
+    return CpuWatch(groups)
+
+
+# --- closed loop ------------------------------------------------------------------------------------------
+
+CLOSED_COLUMNS = ["target", "acked/s", "x bare", "p50 ms", "p99 ms", "x bare p99", "non-2xx", "acked", "stored",
+                  "applied", "backlog at end", "ack->applied s", "apply/s"]
+
+
+def closed_bare(workdir: Path, args: argparse.Namespace, label: str) -> tuple[Row, Load]:
+    feed = Feed({f"cus_{n:06d}": "PENDING" for n in range(args.customers)}, random.Random(7), datetime.now(UTC))
+    with bare_server(workdir, label) as server:
+        impl = server.implementation()
+        if args.warmup:
+            write_pool(feed, "w", int(8000 * args.warmup * 1.5) + 2000, args.threads, workdir / "bare-w")
+            run_wrk(server.url, workdir / "bare-w", args.warmup, args.connections, args.threads)
+        # The pool may wrap here: the bare endpoint does not care whether it saw a body before.
+        write_pool(feed, "m", int(8000 * args.duration * 1.5) + 5000, args.threads, workdir / "bare-m")
+        assert server.process is not None
+        pid = server.process.pid
+        load = run_wrk(server.url, workdir / "bare-m", args.duration, args.connections, args.threads,
+                       CpuWatch({"server": lambda: [pid]}))
+    row = Row(f"bare ({label})", judged=False)
+    row.cells = {"acked/s": f"{load.rps:.0f}", "x bare": "1.00", "p50 ms": f"{load.p50_ms:.2f}",
+                 "p99 ms": f"{load.p99_ms:.2f}", "non-2xx": str(load.non_2xx + load.socket_errors),
+                 "acked": str(load.ok)}
+    cpu_cells(row, load.cpu, load.ok, load.seconds, "during the load")
+    row.notes.insert(0, f"server {impl}")
+    return row, load
+
+
+def closed_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: Load) -> Row:
+    row = Row(f"tracker-{backend}")
+    rng = random.Random(11)
+    bare_us = bare.cpu["server"] / max(bare.ok, 1) * 1e6
+    with database(backend, workdir, args, rng) as (database_url, statuses), \
+            tracker(backend, database_url, workdir) as server:
+        inbox = Inbox(database_url)
+        feed = Feed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
+        impl = server.implementation()
+        expected = bare.rps
+        if args.warmup:
+            write_pool(feed, "w", int(expected * args.warmup * 1.5) + 2000, args.threads, workdir / "w")
+            warm = run_wrk(server.url, workdir / "w", args.warmup, args.connections, args.threads)
+            expected = min(expected, 3 * warm.rps)
+            if inbox.wait_applied(120) is None:
+                row.notes.append("the warm-up's events were not all applied within 120 s")
+        write_pool(feed, "m", int(expected * args.duration * 1.5) + 5000, args.threads, workdir / "m")
+        time.sleep(0.5)
+        watch = watch_of(server, backend, database_url)
+        load = run_wrk(server.url, workdir / "m", args.duration, args.connections, args.threads, watch)
+        backlog0, newest0 = inbox.counts()
+        drained_at = inbox.wait_applied(max(120.0, backlog0 / 500))
+        cpu_all = watch.used()
+        all_seconds = (drained_at or time.time()) - load.started
+        _, newest1 = inbox.counts()
+        drained = backlog0 + newest1 - newest0  # rows applied after the load, those stored after it included
+        drain_s = drained_at - load.ended if drained_at else None
+        rate_from = "the drain after the load"
+        rate = drained / drain_s if drain_s and drain_s > 0 else 0.0
+        if drained_at is not None and backlog0 < MIN_TIMED_BACKLOG:
+            inbox.store_backlog(feed, "b", args.backlog)
+            stored_at = time.time()
+            emptied = inbox.wait_applied(max(120.0, args.backlog / 500))
+            b = inbox.phase("b")
+            started = b.first_processed.timestamp() if b.first_processed else stored_at
+            rate = b.applied / (emptied - started) if emptied and emptied > started else 0.0
+            rate_from = (f"a backlog of {args.backlog} events the bench stored itself (the load left only "
+                         f"{backlog0}); {b.applied} applied from the applier's first batch in "
+                         f"{(emptied or 0) - started:.2f} s")
+        server_notes(row, server, impl)
+        stored = inbox.phase("m")
+        warm_stored = inbox.phase("w") if args.warmup else None
+        inbox.close()
+    ratio = load.rps / bare.rps if bare.rps else 0.0
+    row.cells = {"acked/s": f"{load.rps:.0f}", "x bare": f"{ratio:.2f}", "p50 ms": f"{load.p50_ms:.2f}",
+                 "p99 ms": f"{load.p99_ms:.2f}", "x bare p99": x(load.p99_ms, bare.p99_ms),
+                 "non-2xx": str(load.non_2xx + load.socket_errors), "acked": str(load.ok),
+                 "stored": str(stored.stored), "applied": str(stored.applied), "backlog at end": str(backlog0),
+                 "ack->applied s": f"{drain_s:.2f}" if drain_s is not None else "never", "apply/s": f"{rate:.0f}"}
+    target = TARGET_RATIO[backend]
+    row.check("throughput", f"{load.rps:.0f} webhooks/s = {ratio:.2f} x bare's {bare.rps:.0f} (target >= {target})",
+              ratio >= target)
+    row.check("latency", f"p99 {load.p99_ms:.1f} ms = {x(load.p99_ms, bare.p99_ms)} bare's {bare.p99_ms:.1f} "
+              f"(target <= {TARGET_P99_MS:g} ms)", load.p99_ms <= TARGET_P99_MS)
+    check_stored(row, load, stored)
+    row.check("apply rate", f"{rate:.0f} events/s = {x(rate, load.rps)} the acknowledged rate, from {rate_from} "
+              f"(target >= {TARGET_APPLY_RATE:.0f})", rate >= TARGET_APPLY_RATE)
+    if warm_stored is not None and (warm_stored.applied < warm_stored.stored or warm_stored.duplicates):
+        row.check("warm-up", f"stored {warm_stored.stored}, applied {warm_stored.applied}, duplicates "
+                  f"{warm_stored.duplicates}", False)
+    last = stored.last_processed.timestamp() - load.ended if stored.last_processed else float("nan")
+    row.notes += [
+        "end of the load (wrk's exit, after its last acknowledgement) -> backlog seen empty: "
+        + (f"{drain_s:.3f} s" if drain_s is not None else "not within the timeout")
+        + f"; -> last processed_at of the run {last:.3f} s; {backlog0} events waited at the end, {drained} "
+        f"applied after it (rate {drained / drain_s if drain_s else 0:.0f}/s)",
+        lag_note(stored, "lag processed_at - received_at under the closed-loop load (the backlog's wait included)"),
+        stored.batch_note(),
+        outcome_note(stored),
+        f"wrk sent {load.sent}, completed {load.completed}, in flight at stop {load.in_flight}; 2xx answers "
+        f"accepted {load.answers['accepted']}, ignored {load.answers['ignored']}, duplicate "
+        f"{load.answers['duplicate']}",
+    ]
+    cpu_cells(row, load.cpu, load.ok, load.seconds, "during the load (per acknowledged)", bare_us)
+    cpu_cells(row, cpu_all, stored.stored, all_seconds, "load + drain (per stored event, applying included)",
+              bare_us)
+    if backend == "sqlite":
+        row.notes.append("SQLite runs inside the server process: its CPU is the server's")
+    return row
+
+
+def run_closed(args: argparse.Namespace, backends: list[str], workdir: Path) -> bool:
+    rows: list[Row] = []
+    for backend in backends:
+        # The bare reference is measured next to each tracker run, so both see the same machine load.
+        print(f"  bare endpoint ({backend} pass) ...", flush=True)
+        bare_row, bare = closed_bare(workdir, args, backend)
+        rows.append(bare_row)
+        print(f"  tracker on {backend} ...", flush=True)
+        rows.append(closed_tracker(backend, workdir, args, bare))
+    return report(rows, CLOSED_COLUMNS, [
+        f"targets: acked/s >= {TARGET_RATIO['sqlite']} x bare (SQLite), {TARGET_RATIO['postgres']} x bare "
+        f"(PostgreSQL); p99 <= {TARGET_P99_MS:g} ms; zero non-2xx; every acked event stored once and applied; "
+        f"apply rate >= {TARGET_APPLY_RATE:.0f} events/s.",
+        "acked = 2xx answers wrk received; stored = inbox rows of the measured run, which may exceed acked by the "
+        "requests in flight when wrk stopped; backlog at end = rows with processed_at IS NULL when wrk exited; "
+        "ack->applied s = from wrk's exit (right after its last acknowledgement) until the bench saw the backlog "
+        "empty (polled every 20 ms); apply/s = the rate its check names (the drain's, or a stored backlog's).",
+    ])
+
+
+# --- steady pace ------------------------------------------------------------------------------------------
+
+STEADY_COLUMNS = ["target", "rate/s", "slip p99 ms", "ack p50 ms", "ack p99 ms", "x bare p99", "non-2xx", "acked",
+                  "stored", "applied", "lag p50 ms", "lag p99 ms"]
+
+
+def paced(server: Server, feed: Feed, phase: str, seconds: float, args: argparse.Namespace, workdir: Path,
+          watch: CpuWatch | None = None) -> Load:
+    count = int(args.rate * seconds)
+    write_pool(feed, phase, count, 1, workdir / f"{server.name}-{phase}")
+    return run_wrk(server.url, workdir / f"{server.name}-{phase}", seconds + 3, args.pace_connections, 1, watch,
+                   pace=(args.rate, count))
+
+
+def steady_cells(row: Row, load: Load, bare: Load | None) -> None:
+    pace = load.pace or {}
+    row.cells.update({"rate/s": f"{pace.get('rate', 0):.0f}", "slip p99 ms": f"<={pace.get('slip_p99_ms', 0)}",
+                      "ack p50 ms": f"{load.p50_ms:.2f}", "ack p99 ms": f"{load.p99_ms:.2f}",
+                      "x bare p99": x(load.p99_ms, bare.p99_ms) if bare else "1.00",
+                      "non-2xx": str(load.non_2xx + load.socket_errors), "acked": str(load.ok)})
+
+
+def pace_check(row: Row, load: Load, args: argparse.Namespace) -> None:
+    pace = load.pace or {}
+    kept = pace.get("rate", 0) >= PACE_KEPT * args.rate and pace.get("claimed", 0) >= args.rate * args.duration
+    row.check("pace kept (else the run is invalid)",
+              f"{pace.get('claimed', 0)} sent at {pace.get('rate', 0):.1f}/s = {x(pace.get('rate', 0), args.rate)} "
+              f"the {args.rate:g}/s asked; late by > 1 ms {pace.get('late_1ms')}, > 5 ms {pace.get('late_5ms')}, "
+              f"> 10 ms {pace.get('late_10ms')}, worst {pace.get('slip_max_ms', 0):.1f} ms", kept)
+
+
+def steady_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: Load) -> Row:
+    row = Row(f"tracker-{backend}")
+    rng = random.Random(13)
+    bare_us = bare.cpu["server"] / max(bare.ok, 1) * 1e6
+    with database(backend, workdir, args, rng) as (database_url, statuses), \
+            tracker(backend, database_url, workdir) as server:
+        inbox = Inbox(database_url)
+        feed = Feed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
+        impl = server.implementation()
+        paced(server, feed, "w", max(args.warmup, 5), args, workdir)
+        if inbox.wait_applied(60) is None:
+            row.notes.append("the warm-up's events were not all applied within 60 s")
+        watch = watch_of(server, backend, database_url)
+        load = paced(server, feed, "m", args.duration, args, workdir, watch)
+        drained_at = inbox.wait_applied(60)
+        cpu_all = watch.used()
+        server_notes(row, server, impl)
+        stored = inbox.phase("m")
+        inbox.close()
+    steady_cells(row, load, bare)
+    row.cells.update({"stored": str(stored.stored), "applied": str(stored.applied),
+                      "lag p50 ms": f"{stored.lag(0.5):.1f}", "lag p99 ms": f"{stored.lag(0.99):.1f}"})
+    pace_check(row, load, args)
+    late = (load.pace or {}).get("late_10ms", 0)
+    if late > 0.01 * load.ok:
+        row.notes.append(f"{late} sends ({late / max(load.ok, 1):.0%}) left > 10 ms late: all {args.pace_connections} "
+                         "connections were waiting for answers at their instants, so the server saw those bunched "
+                         "(the pacer itself used the CPU shown as wrk)")
+    row.check("lag p99", f"{stored.lag(0.99):.1f} ms = {x(stored.lag(0.99), TARGET_LAG_P99_MS)} the target "
+              f"(<= {TARGET_LAG_P99_MS:g} ms)", stored.applied > 0 and stored.lag(0.99) <= TARGET_LAG_P99_MS)
+    check_stored(row, load, stored)
+    last_lag = ((stored.last_processed - stored.last_received).total_seconds() * 1000
+                if stored.last_processed and stored.last_received else float("nan"))
+    row.notes += [
+        lag_note(stored, "lag processed_at - received_at (store + wait + apply, up to the start of the applier's "
+                 "transaction)"),
+        stored.batch_note(),
+        f"ack latency (wrk, send -> answer): p50 {load.p50_ms:.2f} ms ({x(load.p50_ms, bare.p50_ms)} bare), p99 "
+        f"{load.p99_ms:.2f} ({x(load.p99_ms, bare.p99_ms)} bare), max {load.max_ms:.1f}",
+        f"the last event received -> the last processed_at: {last_lag:.1f} ms; the backlog was "
+        + ("empty when wrk exited (3 s after the schedule)" if drained_at and drained_at - load.ended < 0.1 else
+           f"seen empty {drained_at - load.ended:.2f} s after wrk's exit" if drained_at else "not empty 60 s after"),
+        outcome_note(stored),
+    ]
+    cpu_cells(row, load.cpu, load.ok, load.seconds, "during the paced run (wrk = the pacer)", bare_us)
+    cpu_cells(row, cpu_all, stored.stored, (drained_at or time.time()) - load.started,
+              "the run + drain (per stored event)", bare_us)
+    return row
+
+
+def run_steady(args: argparse.Namespace, backends: list[str], workdir: Path) -> bool:
+    print(f"  bare endpoint at {args.rate:g}/s for {min(args.duration, 20):g} s ...", flush=True)
+    feed = Feed({f"cus_{n:06d}": "PENDING" for n in range(args.customers)}, random.Random(7), datetime.now(UTC))
+    with bare_server(workdir, "steady") as server:
+        impl = server.implementation()
+        assert server.process is not None
+        pid = server.process.pid
+        steady_args = argparse.Namespace(**{**vars(args), "duration": min(args.duration, 20)})
+        bare = paced(server, feed, "m", steady_args.duration, steady_args, workdir, CpuWatch({"server": lambda: [pid]}))
+    bare_row = Row("bare", judged=False)
+    steady_cells(bare_row, bare, None)
+    bare_row.notes.append(f"server {impl}")
+    cpu_cells(bare_row, bare.cpu, bare.ok, bare.seconds, "paced (wrk = the pacer)")
+    rows = [bare_row]
+    for backend in backends:
+        print(f"  tracker on {backend} at {args.rate:g}/s for {args.duration:g} s ...", flush=True)
+        rows.append(steady_tracker(backend, workdir, args, bare))
+    return report(rows, STEADY_COLUMNS, [
+        f"targets: lag p99 <= {TARGET_LAG_P99_MS:g} ms at {args.rate:g} webhooks/s; pace kept (>= {PACE_KEPT} of "
+        "the rate); zero non-2xx; every acked event stored once and applied.",
+        "lag = processed_at - received_at per event, read from the database after the run. received_at is "
+        "stamped when the request is handled, just before the store, so the lag is store + wait + apply delay; "
+        "processed_at is the applier's clock at the start of its batch's transaction (its commit comes later).",
+        "rate/s and slip = the pacer's (bench/webhook_paced.lua): instants claimed per second, and how late the "
+        "last 1 % of sends left (1 ms buckets); ack = wrk's send -> answer latency.",
+    ])
+
+
+# --- soak -------------------------------------------------------------------------------------------------
+
+SOAK_COLUMNS = ["minute", "acked/s", "x first", "p99 ms", "non-2xx", "acked", "stored", "applied in it",
+                "backlog at end", "server us", "database us", "server RSS MB"]
+
+
+def run_soak(args: argparse.Namespace, backend: str, workdir: Path) -> bool:
+    slices = max(1, math.ceil(args.duration / args.slice))
+    rng = random.Random(17)
+    rows: list[Row] = []
+    summary = Row(f"soak-{backend}")
+    with database(backend, workdir, args, rng) as (database_url, statuses), \
+            tracker(backend, database_url, workdir) as server:
+        inbox = Inbox(database_url)
+        feed = RepeatFeed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
+        impl = server.implementation()
+        assert server.process is not None
+        pid = server.process.pid
+        write_pool(feed, "w", int(8000 * args.warmup * 1.5) + 2000, args.threads, workdir / "soak-w")
+        warm = run_wrk(server.url, workdir / "soak-w", args.warmup, args.connections, args.threads)
+        inbox.wait_applied(120)
+        per_slice = min(int(2 * warm.rps * args.slice) + 5000, 1_500_000)
+        print(f"  warm-up {warm.rps:.0f} webhooks/s; generating {slices} x {per_slice} requests ...", flush=True)
+        bodies = [[feed.event(f"s{k + 1}") for _ in range(per_slice)] for k in range(slices)]
+        planned = time.time() + 10  # each slice signed for the middle of its minute (the tracker allows 300 s)
+        for k in range(slices):
+            sign_pool(bodies[k], args.threads, workdir / f"soak-{k + 1}", int(planned + k * (args.slice + 3)
+                                                                              + args.slice / 2))
+        del bodies
+        loads: list[Load] = []
+        for k in range(slices):
+            print(f"  minute {k + 1} of {slices} ...", flush=True)
+            watch = watch_of(server, backend, database_url)
+            load = run_wrk(server.url, workdir / f"soak-{k + 1}", args.slice, args.connections, args.threads,
+                           watch)
+            loads.append(load)
+            backlog, _ = inbox.counts()
+            received, applied = inbox.window(load.started, load.ended)
+            first = loads[0].rps
+            row = Row(f"{k + 1}", judged=False)
+            row.cells = {"acked/s": f"{load.rps:.0f}", "x first": x(load.rps, first), "p99 ms": f"{load.p99_ms:.1f}",
+                         "non-2xx": str(load.non_2xx + load.socket_errors), "acked": str(load.ok),
+                         "stored": str(received), "applied in it": str(applied), "backlog at end": str(backlog),
+                         "server us": f"{load.cpu['server'] / max(load.ok, 1) * 1e6:.0f}",
+                         "database us": f"{load.cpu['database'] / max(load.ok, 1) * 1e6:.0f}"
+                         if "database" in load.cpu else "in server",
+                         "server RSS MB": f"{rss_mb(pid):.0f}"}
+            rows.append(row)
+        end = loads[-1].ended
+        drained_at = inbox.wait_applied(max(120.0, TARGET_SOAK_DRAIN_S * 2))
+        server_notes(summary, server, impl)
+        summary.notes.append(inbox_table_note(database_url))
+        stored = [inbox.phase(f"s{k + 1}") for k in range(slices)]
+        inbox.close()
+    first, last = loads[0].rps, loads[-1].rps
+    drain = drained_at - end if drained_at else None
+    summary.cells = {"acked/s": f"{sum(ld.ok for ld in loads) / sum(ld.seconds for ld in loads):.0f}",
+                     "first min/s": f"{first:.0f}", "last min/s": f"{last:.0f}", "x first": x(last, first),
+                     "ack->empty s": f"{drain:.1f}" if drain is not None else "never"}
+    summary.check("kept its pace", f"last minute {last:.0f} webhooks/s = {x(last, first)} the first's {first:.0f} "
+                  f"(target >= {TARGET_SOAK_KEEP})", first > 0 and last >= TARGET_SOAK_KEEP * first)
+    summary.check("backlog drained", (f"backlog empty {drain:.1f} s after the end" if drain is not None else
+                                      "backlog not empty 120 s after the end")
+                  + f" (target <= {TARGET_SOAK_DRAIN_S:g} s)", drain is not None and drain <= TARGET_SOAK_DRAIN_S)
+    total = Load(completed=sum(ld.completed for ld in loads), sent=sum(ld.sent for ld in loads),
+                 ok=sum(ld.ok for ld in loads), non_2xx=sum(ld.non_2xx for ld in loads),
+                 codes=" ".join(ld.codes for ld in loads if ld.codes),
+                 socket_errors=sum(ld.socket_errors for ld in loads), wrapped=sum(ld.wrapped for ld in loads),
+                 answers={k: sum(ld.answers[k] for ld in loads) for k in ("accepted", "duplicate", "ignored")},
+                 seconds=sum(ld.seconds for ld in loads), p50_ms=0, p90_ms=0,
+                 p99_ms=max(ld.p99_ms for ld in loads), max_ms=max(ld.max_ms for ld in loads),
+                 started=loads[0].started, ended=end)
+    merged = Stored(stored=sum(s.stored for s in stored), duplicates=sum(s.duplicates for s in stored),
+                    repeated_ids=sum(s.repeated_ids for s in stored), unapplied=sum(s.unapplied for s in stored),
+                    failed=sum(s.failed for s in stored), outcomes={},
+                    lags_ms=[lag for s in stored for lag in s.lags_ms], first_received=None, last_received=None,
+                    last_processed=None, first_processed=None)
+    for s in stored:
+        for k, v in s.outcomes.items():
+            merged.outcomes[k] = merged.outcomes.get(k, 0) + v
+    check_stored(summary, total, merged)
+    gaps = [b.started - a.ended for a, b in itertools.pairwise(loads)]
+    summary.cells.update({"acked": str(total.ok), "stored": str(merged.stored), "applied": str(merged.applied)})
+    summary.notes += [
+        f"{total.ok} acknowledged in {total.seconds:.0f} s ({total.ok / total.seconds:.0f}/s), {len(loads)} wrk "
+        f"slices, gaps between them {max(gaps, default=0):.1f} s at most (wrk loading its pool)",
+        outcome_note(merged),
+        lag_note(merged, "lag processed_at - received_at under the closed-loop load"),
+        "per-minute stored = rows received in the slice's window; applied in it = rows whose processed_at falls "
+        "in it; server us / database us = CPU per acknowledged webhook in the slice",
+    ]
+    print()
+    print(table(rows, SOAK_COLUMNS))
+    return report([summary], ["target", "acked/s", "first min/s", "last min/s", "x first", "ack->empty s", "acked",
+                              "stored", "applied"], [
+        f"targets: last minute >= {TARGET_SOAK_KEEP} x the first minute's acked/s; backlog (processed_at IS NULL) "
+        f"empty within {TARGET_SOAK_DRAIN_S:g} s of the end; zero non-2xx; stored once; all applied.",
+    ])
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=15, help="measured seconds per target (default 15)")
-    parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target (default 3; 0: none)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1, see above)")
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--steady", action="store_true", help="an even pace (--rate) instead of a closed loop")
+    mode.add_argument("--soak", action="store_true", help="5 minutes on PostgreSQL, mostly no-op events")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="measured seconds per target (default 15; --steady 60; --soak 300)")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target (default 3; 0: none; "
+                        "--steady at least 5)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections, closed loop (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads, closed loop (default 1, see above)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="--steady: webhooks per second (default 1000)")
+    parser.add_argument("--pace-connections", type=int, default=32, help="--steady: connections (default 32)")
+    parser.add_argument("--slice", type=float, default=60.0, help="--soak: seconds per wrk slice (default 60)")
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default=None,
+                        help="default both; --soak: postgres (both means postgres)")
     parser.add_argument("--postgres-url", default=PG_ADMIN,
                         help="admin connection; a database bench_ingest_<random> is created there and dropped "
                              f"(default {PG_ADMIN})")
-    parser.add_argument("--customers", type=int, default=10_000, help="customers seeded (default 10000)")
+    parser.add_argument("--customers", type=int, default=None, help="customers seeded (default 10000; --soak 5000)")
     parser.add_argument("--past-events", type=int, default=100_000,
                         help="earlier deliveries already in the inbox (default 100000)")
+    parser.add_argument("--backlog", type=int, default=STORED_BACKLOG,
+                        help=f"events stored directly when the load left too small a backlog to time "
+                             f"(default {STORED_BACKLOG})")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and the databases")
     args = parser.parse_args(argv)
@@ -653,41 +659,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
-    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    name = "soak" if args.soak else "steady" if args.steady else "closed"
+    args.duration = args.duration or {"closed": 15.0, "steady": 60.0, "soak": 300.0}[name]
+    args.customers = args.customers or (5000 if args.soak else 10_000)
+    backend = args.backend or ("postgres" if args.soak else "both")
+    backends = ["sqlite", "postgres"] if backend == "both" else [backend]
     workdir = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
-    print(f"bench/ingest: {args.connections} connections, wrk -t{args.threads}, warm-up {args.warmup:g} s, "
-          f"measured {args.duration:g} s per target, {args.customers} customers, {os.cpu_count()} CPUs",
-          flush=True)
-    rows: list[Row] = []
+    print(f"bench/ingest ({name}): {', '.join(backends[-1:] if args.soak else backends)}, "
+          f"{args.duration:g} s measured, {args.customers} customers, {os.cpu_count()} CPUs; "
+          + (f"{args.rate:g}/s over {args.pace_connections} connections" if args.steady else
+             f"{args.connections} connections, wrk -t{args.threads}, warm-up {args.warmup:g} s"), flush=True)
     try:
-        for backend in backends:
-            # The bare reference is measured next to each tracker run, so both see the same machine load.
-            print(f"  bare endpoint ({backend} pass) ...", flush=True)
-            bare = run_bare(workdir, args, backend)
-            rows.append(bare)
-            print(f"  tracker on {backend} ...", flush=True)
-            rows.append(run_tracker(backend, workdir, args, bare))
+        if args.soak:
+            failed = run_soak(args, "postgres" if backend == "both" else backends[0], workdir)
+        elif args.steady:
+            failed = run_steady(args, backends, workdir)
+        else:
+            failed = run_closed(args, backends, workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work directory kept: {workdir}")
-    print()
-    print(table(rows, args))
-    print()
-    for row in rows:
-        for note in row.notes:
-            print(f"{row.target}: {note}")
-        for failure in row.failures:
-            print(f"{row.target}: FAIL {failure}")
-    print()
-    print(f"targets: ratio >= {TARGET_RATIO} of bare, p99 <= {TARGET_P99_MS:g} ms, zero non-2xx, stored >= acked, "
-          f"all applied, apply p99 <= {TARGET_APPLY_P99_MS:g} ms.")
-    print("acked = 2xx answers wrk received; stored = inbox rows of the measured run (duplicate_of IS NULL), which "
-          "may exceed acked by the requests in flight when wrk stopped; apply p99 = processed_at - received_at, and "
-          "processed_at is committed in the same transaction as the event, before the 2xx is sent.")
-    failed = any(row.failures for row in rows)
-    print("RESULT:", "FAIL" if failed else "PASS")
     return 1 if failed and args.strict else 0
 
 

@@ -7,15 +7,17 @@
 -- bench/ingest.py reports the run as invalid).
 --
 -- Usage: wrk ... -s bench/webhook.lua URL -- <prefix> [path]
--- done() prints one line "BENCH_JSON {...}" with the counts and latency percentiles (microseconds).
+-- done() prints one line "BENCH_JSON {...}" with the counts (2xx answers also by their "status": accepted,
+-- duplicate, ignored) and latency percentiles (microseconds). bench/webhook_paced.lua sends the same requests
+-- at an even pace.
 
-local threads = {}
+bench_threads = {}
 local count = 0
 
 function setup(thread)
    count = count + 1
    thread:set("tid", count)
-   table.insert(threads, thread)
+   table.insert(bench_threads, thread)
 end
 
 function init(args)
@@ -39,11 +41,21 @@ function init(args)
    wrapped = 0
    ok = 0
    other = 0
+   accepted = 0
+   duplicate = 0
+   ignored = 0
    statuses = ""
    seen = {}
+   checked = tid ~= 1
 end
 
 function request()
+   if not checked then
+      -- wrk calls request() once on its first thread before the run, to check the script, and sends nothing
+      -- of it: that call takes no line.
+      checked = true
+      return pool[1]
+   end
    sent = sent + 1
    local i = sent
    if i > pool_size then
@@ -56,6 +68,13 @@ end
 function response(status, headers, body)
    if status >= 200 and status < 300 then
       ok = ok + 1
+      if body:find('"status":"accepted"', 1, true) then
+         accepted = accepted + 1
+      elseif body:find('"status":"duplicate"', 1, true) then
+         duplicate = duplicate + 1
+      elseif body:find('"status":"ignored"', 1, true) then
+         ignored = ignored + 1
+      end
    else
       other = other + 1
       if not seen[status] then
@@ -67,20 +86,25 @@ end
 
 function done(summary, latency, requests)
    local sent_total, ok_total, other_total, wrapped_total = 0, 0, 0, 0
+   local accepted_total, duplicate_total, ignored_total = 0, 0, 0
    local codes = ""
-   for _, thread in ipairs(threads) do
+   for _, thread in ipairs(bench_threads) do
       sent_total = sent_total + thread:get("sent")
       ok_total = ok_total + thread:get("ok")
       other_total = other_total + thread:get("other")
       wrapped_total = wrapped_total + thread:get("wrapped")
+      accepted_total = accepted_total + thread:get("accepted")
+      duplicate_total = duplicate_total + thread:get("duplicate")
+      ignored_total = ignored_total + thread:get("ignored")
       codes = codes .. thread:get("statuses")
    end
    local e = summary.errors
    io.write(string.format(
       'BENCH_JSON {"duration_us": %d, "completed": %d, "sent": %d, "ok": %d, "non_2xx": %d, "wrapped": %d, '
-         .. '"codes": "%s", "connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, '
+         .. '"accepted": %d, "duplicate": %d, "ignored": %d, "codes": "%s", "connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, '
          .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
-      summary.duration, summary.requests, sent_total, ok_total, other_total, wrapped_total, codes,
+      summary.duration, summary.requests, sent_total, ok_total, other_total, wrapped_total,
+      accepted_total, duplicate_total, ignored_total, codes,
       e.connect, e.read, e.write, e.timeout,
       latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
 end
