@@ -23,7 +23,7 @@ applier to drain the backlog and reports the apply rate of that drain and the ti
   applied      every stored event applied (processed_at set; outcome not error or rejected)
   apply rate   >= 3,000 events/s while draining the backlog left at the end of the load. When the applier
                kept up with the load (a backlog under 3,000 events, too short to time), the bench stores
-               20,000 events itself through the tracker's own inbox INSERT (tracker.inbox.store.row_of,
+               20,000 events itself through the tracker's own inbox INSERT (tracker.inbox.store.store_now,
                tracker.db.inbox.store; no HTTP) and times their drain instead; the output says which.
 It also prints the CPU per webhook of the server process (which holds SQLite) and of PostgreSQL's backends
 for the bench database, over the load and over load + drain, with its ratio to bare's CPU per request; the

@@ -586,22 +586,20 @@ class Inbox:
         return int(received), int(applied)
 
     def store_backlog(self, feed: Feed, phase: str, count: int) -> None:
-        """Store ``count`` events as the webhook path stores them (the tracker's own inbox row and INSERT), in
-        one transaction and without waking anyone: the server's applier finds them at its next look."""
-        from tracker.db import inbox
-        from tracker.db.engine import write_transaction
-        from tracker.inbox.store import Delivery, row_of
+        """Store ``count`` events as the webhook path stores them (the tracker's own inbox rows and INSERT),
+        without waking anyone: the server's applier finds them at its next look."""
+        from tracker.inbox.store import Delivery, store_now
         from tracker.providers import blaaiz
 
         now = datetime.now(UTC)
-        rows = []
+        deliveries = []
         for _ in range(count):
             payload = json.loads(feed.event(phase))
             body = json.dumps(blaaiz.scrub(payload), separators=(",", ":")).encode()
-            rows.append(row_of(Delivery("blaaiz", now, body, {"user-agent": "Blaaiz-Webhooks/1.0 (bench)"},
-                                        blaaiz.parse(payload))))
-        with write_transaction(self.engine) as conn:
-            inbox.store(conn, rows)
+            deliveries.append(Delivery("blaaiz", now, body, {"user-agent": "Blaaiz-Webhooks/1.0 (bench)"},
+                                       blaaiz.parse(payload)))
+        for start in range(0, len(deliveries), 256):
+            store_now(self.engine, deliveries[start:start + 256])
 
 
 def inbox_table_note(database_url: str) -> str:

@@ -21,7 +21,7 @@ from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
 from tracker.inbox.applier import MAX_ATTEMPTS
 from tracker.inbox.lease import Lease
-from tracker.inbox.store import Delivery, Receipt, store
+from tracker.inbox.store import Delivery, Receipt, store_now
 from tracker.providers import blaaiz
 from tracker.settings import Settings
 
@@ -34,9 +34,10 @@ def idle(settings: Settings, clock: FakeClock) -> Any:
     container.engine.dispose()
 
 
-def deliver(container: Container, clock: FakeClock, *payloads: dict[str, Any]) -> list[Receipt]:
-    return store(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(p).encode(), {}, blaaiz.parse(p))
-                                    for p in payloads])
+def deliver(container: Container, clock: FakeClock, *payloads: dict[str, Any], wake: bool = False
+            ) -> list[Receipt]:
+    return store_now(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(p).encode(), {}, blaaiz.parse(p))
+                                        for p in payloads], wake=wake)
 
 
 def inbox_rows(engine: Engine) -> list[Any]:
@@ -176,7 +177,9 @@ def test_a_notify_from_another_process_wakes_the_applier(idle: Container, clock:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         woken.clear()
-        deliver(idle, clock, blaaiz_event("cus_n", "PROCESSING"))  # as another process's inbox writer would
+        deliver(idle, clock, blaaiz_event("cus_n", "PROCESSING"))  # as the applier's own process stores
+        assert not woken.wait(0.5), "woken by its own process's batch (the writer wakes it directly)"
+        deliver(idle, clock, blaaiz_event("cus_m", "PROCESSING"), wake=True)  # as another process stores
         assert woken.wait(2), "no wake-up after a stored batch"
     finally:
         lease.stop()

@@ -301,7 +301,7 @@ async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_th
     Rejected and submitted again in one batch is a new attempt: the old attempt's alert is resolved, and the
     new one gets its own deadline, at tier none."""
     from tests.conftest import blaaiz_event, post_blaaiz
-    from tracker.inbox.store import Delivery, store
+    from tracker.inbox.store import Delivery, store_now
     from tracker.providers import blaaiz
 
     container = build(make_settings(database_url), clock)
@@ -320,7 +320,7 @@ async def test_several_moves_in_one_batch_end_the_escalated_attempt_and_start_th
             blaaiz_event("cus_b", "REJECTED", updated_at="2026-01-05T12:01:00Z", comment="Cropped document"),
             blaaiz_event("cus_b", "PROCESSING", updated_at="2026-01-05T12:01:30Z", old_status="REJECTED"),
         ]
-        receipts = store(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(body).encode(), {},
+        receipts = store_now(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(body).encode(), {},
                                                      blaaiz.parse(body)) for body in batch])
         assert [r.status for r in receipts] == ["accepted", "accepted"]
         assert container.applier.apply_pending() == 2  # one batch

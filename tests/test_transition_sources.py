@@ -24,7 +24,7 @@ from tracker import cli
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db.tables import alerts, customers, history, notifications
-from tracker.inbox.store import Delivery, store
+from tracker.inbox.store import Delivery, store_now
 from tracker.providers import blaaiz
 from tracker.providers.simulators import BlaaizSimulator, HostRouter
 from tracker.web.app import create_app
@@ -103,7 +103,7 @@ def stored_rejection(container: Container, clock: FakeClock) -> int:
     """The provider's REJECTED, stored in the inbox and not applied (as after a crash, or an error)."""
     payload = blaaiz_event(PCID, "REJECTED", comment=REASON, updated_at=clock.now().isoformat())
     body = json.dumps(payload).encode()
-    (receipt,) = store(container.engine, [Delivery("blaaiz", clock.now(), body, {}, blaaiz.parse(payload))])
+    (receipt,) = store_now(container.engine, [Delivery("blaaiz", clock.now(), body, {}, blaaiz.parse(payload))])
     return receipt.event_id
 
 

@@ -24,7 +24,7 @@ from tracker.clock import FakeClock
 from tracker.db.engine import make_engine
 from tracker.db.tables import alerts, customers, history, inbound_events
 from tracker.errors import DatabaseUnavailable
-from tracker.inbox.store import Delivery, InboxWriter, Receipt, store
+from tracker.inbox.store import Delivery, InboxWriter, Receipt, store_now
 from tracker.providers import blaaiz
 from tracker.transitions.plans import NewAlert
 from tracker.web.app import create_app
@@ -633,12 +633,12 @@ def test_conflicts_and_undocumented_statuses_in_one_batch_alert_once_each_with_t
         return delivery_of(clock, blaaiz_event(pcid, status, updated_at=f"2026-01-05T1{n}:00:00Z"))
 
     container.applier.stop()  # the test applies, in the batches it means
-    store(container.engine, [delivery(f"cus_v{n}", "VERIFIED", 0) for n in range(3)])
+    store_now(container.engine, [delivery(f"cus_v{n}", "VERIFIED", 0) for n in range(3)])
     container.applier.drain()
     with container.engine.begin() as conn:  # what a registration would have set: the notice names it
         conn.execute(customers.update().where(customers.c.provider_customer_id == "cus_v1").values(
             reference="user-v1"))
-    receipts = store(container.engine, [*(delivery(f"cus_v{n}", "REJECTED", 1) for n in range(3)),
+    receipts = store_now(container.engine, [*(delivery(f"cus_v{n}", "REJECTED", 1) for n in range(3)),
                                         delivery("cus_v0", "ON_HOLD", 2), delivery("cus_v0", "ON_HOLD", 3),
                                         delivery("cus_u", "ON_HOLD", 2)])
     assert [r.status for r in receipts] == ["accepted"] * 6

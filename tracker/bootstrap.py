@@ -207,7 +207,8 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
                     writes=writes, rules=rules)
     container = Container(
         settings=settings, clock=clock, engine=engine, metrics=metrics,
-        inbox=InboxWriter(engine, metrics, on_stored=applier.wake), applier=applier, writes=writes,
+        inbox=InboxWriter(engine, metrics, on_stored=applier.wake, others_apply=lambda: not applier.lease.held()),
+        applier=applier, writes=writes,
         customers=Customers(engine, clock, writes, rules),
         api_keys=ApiKeys(engine, clock, settings.api_key_cache_ttl), http=http, poller=poller,
         escalator=Escalator(engine, clock, escalation, alert_settings, owner=owner, writes=writes, rules=rules,

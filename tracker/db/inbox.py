@@ -2,13 +2,15 @@
 each one's outcome.
 
 Storing is the acknowledgement's only database work, so it is one multi-row ``INSERT ... ON CONFLICT DO
-NOTHING RETURNING`` on the driver's cursor, its text cached per row count: the unique indexes on
-(provider, event_id) and (provider, fingerprint) decide what is a duplicate, also between processes, and the
-rows they refuse are the duplicates. Column lists come from the table.
+NOTHING RETURNING`` on the driver's own connection in autocommit mode (one statement: one round trip, atomic),
+its text cached per row count: the unique indexes on (provider, event_id) and (provider, fingerprint) decide
+what is a duplicate, also between processes, and the rows they refuse are the duplicates. Column lists come
+from the table.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,67 +23,77 @@ from tracker.db.types import UTCDateTime, sqlite_text
 COLUMNS = tuple(c.name for c in inbound_events.columns if c.name != "id")
 _TIMES = frozenset(c.name for c in inbound_events.columns if isinstance(c.type, UTCDateTime))
 RECEIVED = "received"  # stored, not applied yet
-CHANNEL = "tracker_inbox"  # PostgreSQL: NOTIFY after each stored batch wakes the appliers of every process
-_CHUNK = 64  # rows a statement: few distinct texts, far from any bound-parameter limit
-_texts: dict[tuple[str, int], str] = {}
+CHANNEL = "tracker_inbox"  # PostgreSQL: NOTIFY with a stored batch wakes the appliers of other processes
+CHUNK = 256  # rows a statement: a whole batch of the inbox writer, far from any bound-parameter limit
+_texts: dict[tuple[str, int, bool], str] = {}
 
 
-def _insert_text(dialect: str, rows: int, returning: str) -> str:
-    key = (dialect + returning, rows)
+def _insert_text(dialect: str, rows: int, wake: bool) -> str:
+    key = (dialect, rows, wake)
     text = _texts.get(key)
     if text is None:
         mark = "%s" if dialect == "postgresql" else "?"
         group = "(" + ", ".join([mark] * len(COLUMNS)) + ")"
-        text = _texts[key] = (f"INSERT INTO inbound_events ({', '.join(COLUMNS)}) "  # noqa: S608
-                              f"VALUES {', '.join([group] * rows)} ON CONFLICT DO NOTHING RETURNING {returning}")
+        text = (f"INSERT INTO inbound_events ({', '.join(COLUMNS)}) "  # noqa: S608
+                f"VALUES {', '.join([group] * rows)} ON CONFLICT DO NOTHING RETURNING id, fingerprint")
+        if wake:  # the same statement: no round trip of its own
+            text = (f"WITH stored AS ({text}) SELECT stored.id, stored.fingerprint FROM stored, "  # noqa: S608
+                    f"(SELECT pg_notify('{CHANNEL}', '')) AS woken")
+        _texts[key] = text
     return text
 
 
-def _bind(conn: Connection, row: Mapping[str, Any]) -> list[Any]:
-    if conn.dialect.name == "postgresql":
+def _bind(dialect: str, row: Mapping[str, Any]) -> list[Any]:
+    if dialect == "postgresql":
         return [row.get(name) for name in COLUMNS]
     return [sqlite_text(row.get(name)) if name in _TIMES else row.get(name) for name in COLUMNS]
 
 
-def store(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int | None]:
+def store(dbapi_connection: Any, dialect: str, rows: Sequence[Mapping[str, Any]], *, wake: bool = False
+          ) -> list[int | None]:
     """Insert inbox rows (``COLUMNS`` by name; each with a distinct fingerprint, or none for a rejected
-    delivery); the id of each, or None where a stored row has its event id or fingerprint already."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    delivery) on a driver connection in autocommit mode: one statement, so one round trip and atomic by
+    itself. The id of each row, or None where a stored row has its event id or fingerprint already. ``wake``
+    (PostgreSQL): notify the other processes' appliers in the same statement."""
+    cursor = dbapi_connection.cursor()
     try:
-        by_print: dict[str, int] = {}
-        keyed = [row for row in rows if row["fingerprint"] is not None]
-        for start in range(0, len(keyed), _CHUNK):
-            chunk = keyed[start:start + _CHUNK]
-            cursor.execute(_insert_text(conn.dialect.name, len(chunk), "id, fingerprint"),
-                           [value for row in chunk for value in _bind(conn, row)])
-            by_print.update({fingerprint: int(row_id) for row_id, fingerprint in cursor.fetchall()})
         ids: list[int | None] = []
-        for row in rows:
-            if row["fingerprint"] is not None:
-                ids.append(by_print.get(row["fingerprint"]))
-                continue
-            cursor.execute(_insert_text(conn.dialect.name, 1, "id"), _bind(conn, row))  # rejected: rare
-            ids.append(int(cursor.fetchone()[0]))  # type: ignore[index]
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            cursor.execute(_insert_text(dialect, len(chunk), wake and dialect == "postgresql"),
+                           [value for row in chunk for value in _bind(dialect, row)])
+            found = cursor.fetchall()
+            by_print = {fingerprint: int(row_id) for row_id, fingerprint in found if fingerprint is not None}
+            unkeyed = iter(sorted(int(row_id) for row_id, fingerprint in found if fingerprint is None))
+            # A row without a fingerprint (a rejected delivery) is never a duplicate: it is stored, and such rows
+            # come back in insertion order (their ids ascend; no other process can take ids from this statement
+            # in between, as the ids are handed out in the statement's row order).
+            ids += [by_print.get(row["fingerprint"]) if row["fingerprint"] is not None else next(unkeyed)
+                    for row in chunk]
         return ids
     finally:
         cursor.close()
 
 
-def notify(conn: Connection) -> None:
-    """PostgreSQL: wake every process's applier when this transaction commits."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
-
-
-def originals(conn: Connection, provider: str, event_ids: Sequence[str], fingerprints: Sequence[str]
-              ) -> list[Row[Any]]:
-    """The stored first deliveries with these event ids or fingerprints (what a duplicate is a copy of)."""
-    table = inbound_events
-    return list(conn.execute(
-        select(table.c.id, table.c.event_id, table.c.fingerprint)
-        .where(table.c.provider == provider, table.c.duplicate_of.is_(None),
-               or_(table.c.event_id.in_(list(event_ids)), table.c.fingerprint.in_(list(fingerprints))))
-    ))
+def originals(dbapi_connection: Any, dialect: str, provider: str, event_ids: Sequence[str],
+              fingerprints: Sequence[str]) -> list[tuple[int, str | None, str | None]]:
+    """The stored first deliveries with these event ids or fingerprints (what a duplicate is a copy of):
+    (id, event_id, fingerprint)."""
+    if dialect == "postgresql":
+        query = ("SELECT id, event_id, fingerprint FROM inbound_events WHERE provider = %s AND duplicate_of IS NULL "
+                 "AND (event_id = ANY(%s) OR fingerprint = ANY(%s))")
+        params: list[Any] = [provider, list(event_ids), list(fingerprints)]
+    else:
+        query = ("SELECT id, event_id, fingerprint FROM inbound_events WHERE provider = ? AND duplicate_of IS NULL "
+                 "AND (event_id IN (SELECT value FROM json_each(?)) "
+                 "OR fingerprint IN (SELECT value FROM json_each(?)))")
+        params = [provider, json.dumps(list(event_ids)), json.dumps(list(fingerprints))]
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(query, params)
+        return [(int(row_id), event_id, fingerprint) for row_id, event_id, fingerprint in cursor.fetchall()]
+    finally:
+        cursor.close()
 
 
 _CLAIMED = (inbound_events.c.id, inbound_events.c.provider, inbound_events.c.body, inbound_events.c.event_id,

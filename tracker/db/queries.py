@@ -43,13 +43,16 @@ def _built(conn: Connection, name: str, build: Callable[[Connection], Any]) -> A
 
 # --- customers -----------------------------------------------------------------------------------------
 
-def lock_customers(conn: Connection, provider: str, provider_customer_ids: Iterable[str]) -> dict[str, Row[Any]]:
-    """Customers by provider id, locked for update on PostgreSQL (SQLite holds the write lock already)."""
+def lock_customers(conn: Connection, provider: str, provider_customer_ids: Iterable[str],
+                   columns: Sequence[str] | None = None) -> dict[str, Row[Any]]:
+    """Customers by provider id (``columns`` of them, by default all), locked for update on PostgreSQL (SQLite
+    holds the write lock already)."""
     ids = sorted(set(provider_customer_ids))
     if not ids:
         return {}
-    query = select(customers).where(customers.c.provider == provider,
-                                    customers.c.provider_customer_id.in_(ids)).order_by(customers.c.id)
+    wanted = [customers.c[name] for name in columns] if columns else [customers]
+    query = select(*wanted).where(customers.c.provider == provider,
+                                  customers.c.provider_customer_id.in_(ids)).order_by(customers.c.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {row.provider_customer_id: row for row in conn.execute(query)}

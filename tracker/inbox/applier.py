@@ -14,9 +14,10 @@ its connection dies, so another takes over); the row locks would keep two applie
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,17 +27,20 @@ from sqlalchemy.exc import DBAPIError
 
 from tracker.clock import Clock
 from tracker.db import inbox, queries
-from tracker.db.engine import write_transaction
+from tracker.db.engine import write_options, write_transaction
 from tracker.domain.events import ParsedEvent, ParseError
 from tracker.domain.lifecycle import State
 from tracker.inbox.lease import Lease
 from tracker.metrics import Metrics
 from tracker.providers import parse_stored
-from tracker.transitions.plans import Customer, Plan, Rules, plan
+from tracker.transitions.plans import CUSTOMER_COLUMNS, Customer, Plan, Rules, plan
 from tracker.transitions.writes import ConcurrentChange, Writes
 
 log = logging.getLogger("tracker.inbox")
 MAX_ATTEMPTS = 5  # an event that fails this often is left as ``error`` for ``tracker replay``
+# Rows a batch claims at most. On SQLite a batch holds the database's one write lock from its start, and the
+# inbox writer (every webhook's acknowledgement) waits for it: batches stay short there.
+BATCH = {"sqlite": 100, "postgresql": 500}
 IDLE_WAIT = 1.0  # seconds between looks at the inbox when nothing wakes the applier
 
 
@@ -59,13 +63,14 @@ class _Batch:
 
 class Applier:
     def __init__(self, engine: Engine, clock: Clock, writes: Writes, rules: Rules, lease: Lease, *,
-                 metrics: Metrics | None = None, batch: int = 500) -> None:
+                 metrics: Metrics | None = None, batch: int | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.writes = writes
         self.rules = rules
         self.metrics = metrics
-        self.batch = batch
+        self.batch = batch or BATCH.get(engine.dialect.name, 500)
+        self._conn: Connection | None = None  # the batches' own connection (``_transaction``)
         self.lease = lease
         self._applying = threading.Lock()  # one batch at a time in this process
         self._wake = threading.Event()
@@ -88,6 +93,8 @@ class Applier:
             self._thread.join(timeout=10)
             self._thread = None
             self.lease.stop()
+        with self._applying:
+            self._drop()
 
     def wake(self) -> None:
         """Something was stored: look at the inbox now."""
@@ -106,7 +113,7 @@ class Applier:
                 self._wake.wait(IDLE_WAIT)
 
     def drain(self) -> int:
-        """Apply every stored event that is due, here and now (tests, ``tracker replay``, shutdown)."""
+        """Apply every stored event that is due, here and now (tests; a caller that cannot wait for the thread)."""
         total = 0
         while True:
             applied = self.apply_pending()
@@ -122,7 +129,8 @@ class Applier:
             for attempt in range(5):
                 now = self.clock.now()
                 try:
-                    with write_transaction(self.engine) as conn:
+                    with self._transaction() as conn:
+                        now = self.clock.now()  # the transaction holds its locks: what is applied is applied now
                         rows = inbox.claim(conn, self.batch, now)
                         if not rows:
                             return 0
@@ -141,6 +149,33 @@ class Applier:
                     log.exception("an apply batch failed; applying its events one at a time")
                     return self._one_by_one(now)
             return 0
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction on the applier's own connection, kept between batches (no pool checkout, no ping
+        per batch); a failure drops it, and the next batch connects afresh."""
+        if self._conn is None:
+            self._conn = self.engine.connect().execution_options(**write_options(self.engine))
+            if self.engine.dialect.name == "sqlite":
+                # Its commits need not wait for the disk: they only record what stored events did, and those
+                # rows are durable (the inbox writer's commits sync, and with them everything the WAL holds
+                # before them). Power lost before the next sync takes back whole batches, marks and effects
+                # together, and the applier applies those events again.
+                self._conn.connection.driver_connection.execute("PRAGMA synchronous=NORMAL")  # type: ignore[union-attr]
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except BaseException:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                if self.engine.dialect.name == "sqlite":  # back to the pool as the pool hands it out
+                    conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")  # type: ignore[union-attr]
+                conn.close()
 
     def replay(self, event_id: int, actor: str = "replay") -> Applied:
         """Apply one stored event again through the current code (``tracker replay``, the replay API). Its
@@ -240,11 +275,11 @@ class Applier:
                 wanted.setdefault(event.provider, set()).add(event.provider_customer_id)
         found: dict[tuple[str, str], Customer] = {}
         for provider in sorted(wanted):
-            rows = queries.lock_customers(conn, provider, wanted[provider])
+            rows = queries.lock_customers(conn, provider, wanted[provider], CUSTOMER_COLUMNS)
             missing = wanted[provider] - rows.keys()
             if missing:
                 queries.insert_customers(conn, [_discovered(provider, pcid, now) for pcid in sorted(missing)])
-                rows.update(queries.lock_customers(conn, provider, missing))
+                rows.update(queries.lock_customers(conn, provider, missing, CUSTOMER_COLUMNS))
             found.update({(provider, pcid): Customer.of(row._mapping) for pcid, row in rows.items()})
         return found
 

@@ -23,7 +23,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tracker.db import inbox
-from tracker.db.engine import write_transaction
 from tracker.domain.events import ParsedEvent
 from tracker.errors import DatabaseUnavailable
 from tracker.metrics import Metrics
@@ -76,9 +75,10 @@ def row_of(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def store(engine: Engine, deliveries: Sequence[Delivery]) -> list[Receipt]:
-    """Store ``deliveries`` in one transaction; a receipt for each. A copy of a stored delivery (same event
-    id, or same content) is not stored again: its receipt names the first."""
+def store(connection: Any, dialect: str, deliveries: Sequence[Delivery], *, wake: bool = False) -> list[Receipt]:
+    """Store ``deliveries`` on a driver connection in autocommit mode (``Connections``) in one statement; a
+    receipt for each. A copy of a stored delivery (same event id, or same content) is not stored again: its
+    receipt names the first. ``wake``: notify other processes' appliers with it (PostgreSQL)."""
     rows: list[dict[str, Any]] = []
     first: dict[tuple[str, str, str], int] = {}  # (provider, kind, key) -> index in rows: copies in the batch
     copies: dict[int, int] = {}  # delivery index -> rows index of the original in this batch
@@ -95,19 +95,17 @@ def store(engine: Engine, deliveries: Sequence[Delivery]) -> list[Receipt]:
         for key in keys:
             first[key] = len(rows)
         rows.append(row_of(delivery))
-    with write_transaction(engine) as conn:
-        ids = inbox.store(conn, rows)
-        missing = [i for i, row_id in enumerate(ids) if row_id is None]
-        found: dict[tuple[str, str, str], int] = {}
-        for provider in {rows[i]["provider"] for i in missing}:
-            wanted = [rows[i] for i in missing if rows[i]["provider"] == provider]
-            for stored in inbox.originals(conn, provider, [r["event_id"] for r in wanted if r["event_id"]],
-                                          [r["fingerprint"] for r in wanted]):
-                for kind, key in (("id", stored.event_id), ("print", stored.fingerprint)):
-                    if key is not None:
-                        found[(provider, kind, key)] = int(stored.id)
-        if any(row["outcome"] == inbox.RECEIVED for row in rows):
-            inbox.notify(conn)
+    ids = inbox.store(connection, dialect, rows, wake=wake and any(r["outcome"] == inbox.RECEIVED for r in rows))
+    missing = [i for i, row_id in enumerate(ids) if row_id is None]
+    found: dict[tuple[str, str, str], int] = {}
+    for provider in {rows[i]["provider"] for i in missing}:
+        wanted = [rows[i] for i in missing if rows[i]["provider"] == provider]
+        for stored_id, event_id, fingerprint in inbox.originals(
+                connection, dialect, provider, [r["event_id"] for r in wanted if r["event_id"]],
+                [r["fingerprint"] for r in wanted]):
+            for kind, value in (("id", event_id), ("print", fingerprint)):
+                if value is not None:
+                    found[(provider, kind, value)] = stored_id
     receipts = []
     for index in range(len(deliveries)):
         if index in copies:
@@ -121,6 +119,46 @@ def store(engine: Engine, deliveries: Sequence[Delivery]) -> list[Receipt]:
         else:
             receipts.append(Receipt("ignored" if row["outcome"] == "ignored" else "accepted", row_id, row["reason"]))
     return receipts
+
+
+class Connections:
+    """A driver connection in autocommit mode, kept by the thread that stores (no pool checkout, no ping, no
+    BEGIN or COMMIT of its own: each store is one statement), dropped after a failure."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._raw: Any = None
+
+    def get(self) -> Any:
+        if self._raw is None:
+            raw = self.engine.raw_connection()
+            if self.dialect == "postgresql":
+                raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+            # SQLite's connections are in the driver's autocommit mode already (tracker.db.engine).
+            self._raw = raw
+        return self._raw.driver_connection
+
+    def drop(self, broken: bool) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):
+            if broken:
+                raw.invalidate()
+                return
+            if self.dialect == "postgresql":
+                raw.driver_connection.autocommit = False  # back to the pool as the pool hands it out
+            raw.close()
+
+
+def store_now(engine: Engine, deliveries: Sequence[Delivery], *, wake: bool = False) -> list[Receipt]:
+    """Store deliveries on a connection of their own (tests, tools)."""
+    connections = Connections(engine)
+    try:
+        return store(connections.get(), connections.dialect, deliveries, wake=wake)
+    finally:
+        connections.drop(broken=False)
 
 
 def _copy_of(stored: int | None, row: dict[str, Any], found: dict[tuple[str, str, str], int]) -> Receipt:
@@ -137,11 +175,15 @@ class InboxWriter:
     one transaction, answers every waiting request, then wakes the applier (``on_stored``)."""
 
     def __init__(self, engine: Engine, metrics: Metrics | None = None, on_stored: Callable[[], None] | None = None,
-                 max_batch: int = 256) -> None:
+                 others_apply: Callable[[], bool] | None = None, max_batch: int = inbox.CHUNK) -> None:
         self.engine = engine
         self.metrics = metrics
         self.on_stored = on_stored
+        # Whether another process may be the applier (PostgreSQL, this one not holding the lease): then each
+        # stored batch also notifies it.
+        self.others_apply = others_apply or (lambda: False)
         self.max_batch = max_batch
+        self._connections = Connections(engine)
         self._queue: queue.SimpleQueue[tuple[Delivery, asyncio.Future[Receipt]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -165,6 +207,12 @@ class InboxWriter:
         return await future
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._connections.drop(broken=False)
+
+    def _loop(self) -> None:
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -213,8 +261,10 @@ class InboxWriter:
     def _attempt(self, deliveries: list[Delivery]) -> list[Receipt]:
         for attempt in range(5):
             try:
-                return store(self.engine, deliveries)
+                return store(self._connections.get(), self._connections.dialect, deliveries,
+                             wake=self.others_apply())
             except (DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
+                self._connections.drop(broken=True)  # whatever went wrong, the next try starts afresh
                 if attempt < 4 and _sqlstate(exc).startswith("40"):  # a deadlock or serialization failure
                     continue
                 raise
@@ -226,12 +276,11 @@ class InboxWriter:
         except Exception as exc:
             return self._unavailable(exc, 1)
 
-    @staticmethod
-    def _unavailable(exc: Exception, count: int) -> DatabaseUnavailable:
+    def _unavailable(self, exc: Exception, count: int) -> DatabaseUnavailable:
         """What the senders are told (503, retry later), the cause logged."""
         if isinstance(exc, DatabaseUnavailable):
             return exc
-        if isinstance(exc, DBAPIError) or _sqlstate(exc):
+        if isinstance(exc, DBAPIError | self.engine.dialect.loaded_dbapi.Error):
             log.warning("database unavailable for a batch of %d deliveries: %s", count,
                         type(getattr(exc, "orig", None) or exc).__name__)
             return DatabaseUnavailable("the database cannot take the write right now; retry later")

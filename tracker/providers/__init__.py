@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from tracker.domain.events import ParsedEvent, ParseError
 from tracker.providers import blaaiz, connectfi, cryptopocket
 
@@ -11,12 +13,15 @@ PARSERS = {blaaiz.NAME: blaaiz.parse, connectfi.NAME: connectfi.parse, cryptopoc
 
 
 def parse_stored(provider: str, body: bytes) -> ParsedEvent:
-    """Parse a stored inbox body again (replay). Raises ``ParseError``."""
+    """Parse a stored inbox body again (the applier, replays). Raises ``ParseError``."""
     parser = PARSERS.get(provider)
     if parser is None:
         raise ParseError(f"no parser for provider {provider!r}")
     try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ParseError(f"the stored body is not JSON: {exc}") from None
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses and the webhook path accepted (integers past 64 bits, NaN)
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise ParseError(f"the stored body is not JSON: {exc}") from None
     return parser(payload)

@@ -25,6 +25,9 @@ SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_prov
 OUTCOMES = {Outcome.APPLIED: "applied", Outcome.NOOP: "no_change", Outcome.NO_TRIGGER: "no_change",
             Outcome.REFUSED: "refused", Outcome.CONFLICT: "conflict", Outcome.STALE: "stale"}
 PROVIDER_SOURCES = frozenset({Source.WEBHOOK, Source.POLL})
+# The customers' columns ``Customer.of`` reads.
+CUSTOMER_COLUMNS = ("id", "provider", "provider_customer_id", "customer_type", *SNAPSHOT_FIELDS, "tier", "flags",
+                    "reference", "last_signal_at", "last_polled_at")
 
 
 class Columns(Protocol):
