@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,7 +85,9 @@ def enqueue(conn: Connection, notice: Notice, channels: Sequence[str], now: date
 
 
 def _notification_rows(notice: Notice, channels: Sequence[str], now: datetime) -> list[dict[str, Any]]:
-    payload = json.dumps({**asdict(notice), "created_at": notice.created_at.isoformat()})
+    # Notice is flat but for ``details`` (already plain JSON values): no deep copy (``asdict``) per channel row.
+    payload = json.dumps({**{f.name: getattr(notice, f.name) for f in fields(notice)},
+                          "created_at": notice.created_at.isoformat()})
     return [{
         "key": notice.key, "alert_id": notice.alert_id, "channel": channel, "action": notice.action,
         "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,

@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Row, func, or_, select
 
 from tracker.db.tables import inbound_events
-from tracker.db.types import UTCDateTime, sqlite_text
+from tracker.db.types import driver_values, time_columns
 
 COLUMNS = tuple(c.name for c in inbound_events.columns if c.name != "id")
-_TIMES = frozenset(c.name for c in inbound_events.columns if isinstance(c.type, UTCDateTime))
+_TIMES = time_columns(inbound_events)
 RECEIVED = "received"  # stored, not applied yet
 CHANNEL = "tracker_inbox"  # PostgreSQL: NOTIFY with a stored batch wakes the appliers of other processes
 CHUNK = 256  # rows a statement: a whole batch of the inbox writer, far from any bound-parameter limit
@@ -44,9 +44,7 @@ def _insert_text(dialect: str, rows: int, wake: bool) -> str:
 
 
 def _bind(dialect: str, row: Mapping[str, Any]) -> list[Any]:
-    if dialect == "postgresql":
-        return [row.get(name) for name in COLUMNS]
-    return [sqlite_text(row.get(name)) if name in _TIMES else row.get(name) for name in COLUMNS]
+    return driver_values(dialect, _TIMES, COLUMNS, row)
 
 
 def store(dbapi_connection: Any, dialect: str, rows: Sequence[Mapping[str, Any]], *, wake: bool = False
@@ -121,17 +119,23 @@ def lock(conn: Connection, event_id: int) -> Row[Any] | None:
     return conn.execute(query).first()  # type: ignore[return-value]
 
 
-_mark = (update(inbound_events).where(inbound_events.c.id == bindparam("_id"))
-         .values(outcome=bindparam("outcome"), reason=bindparam("reason"), customer_id=bindparam("customer_id"),
-                 processed_at=bindparam("processed_at"), attempts=bindparam("attempts"),
-                 retry_at=bindparam("retry_at")))
+_MARKED = ("outcome", "reason", "customer_id", "processed_at", "attempts", "retry_at")
 
 
 def mark(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
-    """Record each applied row's outcome (``_id``, ``outcome``, ``reason``, ``customer_id``, ``processed_at``,
-    ``attempts``, ``retry_at``)."""
-    if outcomes:
-        conn.execute(_mark, list(outcomes))
+    """Record each applied row's outcome (``_id``, and the ``_MARKED`` columns by name), in one ``executemany``
+    on the driver's cursor."""
+    if not outcomes:
+        return
+    dialect = conn.dialect.name
+    mark_ = "%s" if dialect == "postgresql" else "?"
+    text = (f"UPDATE inbound_events SET {', '.join(f'{name} = {mark_}' for name in _MARKED)} "  # noqa: S608
+            f"WHERE id = {mark_}")
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(text, [[*driver_values(dialect, _TIMES, _MARKED, row), row["_id"]] for row in outcomes])
+    finally:
+        cursor.close()
 
 
 def backlog(conn: Connection) -> tuple[int, datetime | None]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -39,3 +40,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def driver_values(dialect: str, times: frozenset[str], names: Sequence[str], row: Mapping[str, Any]) -> list[Any]:
+    """``row``'s values for ``names``, as the driver takes them for statements bound on its own cursor: on
+    SQLite the UTC time columns (``times``) as ``UTCDateTime`` stores them; psycopg takes aware datetimes."""
+    if dialect != "sqlite":
+        return [row[name] for name in names]
+    return [sqlite_text(row[name]) if name in times else row[name] for name in names]
+
+
+def time_columns(table: Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
