@@ -130,10 +130,10 @@ class Applier:
                 now = self.clock.now()
                 try:
                     with self._transaction() as conn:
-                        now = self.clock.now()  # the transaction holds its locks: what is applied is applied now
-                        rows = inbox.claim(conn, self.batch, now)
+                        rows = inbox.claim(conn, self.batch, self.clock.now())
                         if not rows:
                             return 0
+                        now = self.clock.now()  # after the claim: every row claimed was received before it
                         done = self._apply(conn, rows, now)
                         inbox.mark(conn, done.marks)
                     self._published(done)
