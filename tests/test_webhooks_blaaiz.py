@@ -24,7 +24,8 @@ from tracker.clock import FakeClock
 from tracker.db.engine import make_engine
 from tracker.db.tables import alerts, customers, history, inbound_events
 from tracker.errors import DatabaseUnavailable
-from tracker.inbox.store import Delivery, InboxWriter, Receipt, store_now
+from tracker.inbox.store import Delivery, Receipt, store_now
+from tracker.inbox.writer import InboxWriter
 from tracker.providers import blaaiz
 from tracker.transitions.plans import NewAlert
 from tracker.web.app import create_app

@@ -34,7 +34,7 @@ from tracker.domain.provider_health import BreakerPolicy, spacing
 from tracker.escalation import Escalator
 from tracker.inbox.applier import Applier
 from tracker.inbox.lease import Lease
-from tracker.inbox.store import InboxWriter
+from tracker.inbox.writer import InboxWriter
 from tracker.metrics import Metrics
 from tracker.outbox import Outbox
 from tracker.poller import Poller, ProviderPlan

@@ -10,12 +10,13 @@ from the table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, or_, select
+from sqlalchemy import Connection, Engine, Row, func, or_, select
 
 from tracker.db.tables import inbound_events
 from tracker.db.types import driver_values, time_columns
@@ -25,6 +26,9 @@ _TIMES = time_columns(inbound_events)
 RECEIVED = "received"  # stored, not applied yet
 CHANNEL = "tracker_inbox"  # PostgreSQL: NOTIFY with a stored batch wakes the appliers of other processes
 CHUNK = 256  # rows a statement: a whole batch of the inbox writer, far from any bound-parameter limit
+# SQLite: the inbox writer's commits copy the WAL back into the database only past this many pages (about 40 MB),
+# a backstop: the applier does it between its batches (``tracker.inbox.applier``), off the webhooks' path.
+BACKSTOP_PAGES = 10_000
 _texts: dict[tuple[str, int, bool], str] = {}
 
 
@@ -71,6 +75,40 @@ def store(dbapi_connection: Any, dialect: str, rows: Sequence[Mapping[str, Any]]
         return ids
     finally:
         cursor.close()
+
+
+class Connections:
+    """A driver connection in autocommit mode for ``store``, kept by the thread that stores (no pool checkout,
+    no ping, no BEGIN or COMMIT of its own: each store is one statement), dropped after a failure."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._raw: Any = None
+
+    def get(self) -> Any:
+        if self._raw is None:
+            raw = self.engine.raw_connection()
+            if self.dialect == "postgresql":
+                raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+            else:  # SQLite's connections are in the driver's autocommit mode already (tracker.db.engine)
+                raw.driver_connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # type: ignore[union-attr]
+            self._raw = raw
+        return self._raw.driver_connection
+
+    def drop(self, broken: bool) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):
+            if broken:
+                raw.invalidate()
+                return
+            if self.dialect == "postgresql":  # back to the pool as the pool hands it out
+                raw.driver_connection.autocommit = False
+            else:
+                raw.driver_connection.execute("PRAGMA wal_autocheckpoint=1000")
+            raw.close()
 
 
 def originals(dbapi_connection: Any, dialect: str, provider: str, event_ids: Sequence[str],

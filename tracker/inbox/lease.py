@@ -75,6 +75,3 @@ class Lease:
     def _scalar(conn: Any, query: str) -> Any:
         row = conn.execute(query, (LOCK_KEY,)).fetchone()
         return row[0] if row else None
-
-
-
