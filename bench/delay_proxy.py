@@ -2,12 +2,12 @@
 and a local PostgreSQL (this machine's loopback has no ``netem``).
 
     python bench/delay_proxy.py --listen 15432 --to 127.0.0.1:5432 --delay-ms 0.25 &
-    bench/ingest_writer --backend postgres --postgres-url postgresql://postgres@127.0.0.1:15432/postgres
+    bench/ingest --backend postgres --postgres-url postgresql://postgres@127.0.0.1:15432/postgres
 
 Each direction of each connection has a reader thread, which stamps what it reads with the time it is due, and a
 sender thread, which sends it then (``time.sleep`` sleeps to the microsecond; asyncio's timers round to the
 millisecond). A round trip through it therefore takes twice ``--delay-ms`` more than the same round trip
-without it (plus the proxy's own hop, about 0.1 ms on the 2-core machine of 2026-12-05): 0.25 stands for a
+without it (plus the proxy's own hop, about 0.1 ms on a 2-core machine): 0.25 stands for a
 database in the same cloud zone (0.5 ms), 1 for one in the next zone. It runs in its own process, so the
 benchmark's CPU figures do not include it.
 """

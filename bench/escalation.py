@@ -11,7 +11,7 @@ migrations' definitions; PostgreSQL then gets the VACUUM ANALYZE autovacuum woul
 
 ``--pending`` of them are ``pending``. Their ``tier``, ``deadline_at`` and ``deadline_tier`` are what the app
 would hold: the tier reached at load time (``tracker.domain.escalation.tier_at``) and the next deadline from
-``LifecycleEffects.deadline``, under the default policy (overdue 2 h, critical 5 h, Blaaiz business 5
+``tracker.transitions.plans.deadline``, under the default policy (overdue 2 h, critical 5 h, Blaaiz business 5
 business days). ``pending_since`` is spread over the past week (45 % under 2 h, 25 % between 2 h and 5 h,
 30 % older), redrawn for the few (about 10 %) whose next deadline would fall within 20 minutes + twice the window
 of the load: nothing of the background is due during the run. The others are verified, rejected, awaiting
@@ -163,12 +163,16 @@ class Plan:
 
 
 def effects_and_policy() -> Any:
-    from tracker.alerts import AlertSettings
-    from tracker.bootstrap import escalation_policy
-    from tracker.escalation import LifecycleEffects
-    from tracker.settings import Settings
+    """The default escalation policy and the app's deadline function (``policy``, ``deadline``)."""
+    from types import SimpleNamespace
 
-    return LifecycleEffects(escalation_policy(Settings()), AlertSettings())
+    from tracker.bootstrap import escalation_policy
+    from tracker.settings import Settings
+    from tracker.transitions.plans import deadline
+
+    policy = escalation_policy(Settings())
+    return SimpleNamespace(policy=policy, deadline=lambda provider, customer_type, since, tier: deadline(
+        policy, provider, customer_type, since, tier))
 
 
 def generate(n: int, pending: int, stream: int, rate: float, plan: Plan, effects: Any, seed: int

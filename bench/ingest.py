@@ -36,9 +36,8 @@ sign each request differently, and wrk2 is not packaged. The bare endpoint gets 
 baseline of the acknowledgement latency and of the pacer's own CPU. Targets: lag p99 <= 100 ms, where lag =
 processed_at - received_at of each event, read from the database after the run. received_at is stamped when
 the request is handled, before its INSERT, so the lag is store + wait + apply; processed_at is the applier's
-clock when its batch's transaction began, so the lag leaves out that transaction's own time (and on SQLite,
-where that clock is read before the write lock is taken, it can precede received_at: such negative lags are
-counted and printed). Also: the pace kept (>= 99 % of the rate, else the run is invalid), zero non-2xx, stored
+clock once its batch has claimed the rows, so the lag leaves out the rest of that transaction (a negative lag
+would mean a clock read in the wrong place: such lags are counted and printed). Also: the pace kept (>= 99 % of the rate, else the run is invalid), zero non-2xx, stored
 once, all applied. The pacer's CPU is printed as wrk's; sends that left late because every connection was
 still waiting for an answer are counted (slip), not hidden.
 

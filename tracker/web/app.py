@@ -13,13 +13,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from tracker.errors import TrackerError
 from tracker.web import alerts_api, api, openapi, ops, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
-Endpoint = Callable[[Request], Awaitable[Response]]
+# A request handler, or a plain ASGI app mounted at its route (the hottest read, ``api.CustomerEndpoint``).
+Endpoint = Callable[[Request], Awaitable[Response]] | ASGIApp
 
 # (path, method, endpoint, summary, OpenAPI extras key)
 ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [

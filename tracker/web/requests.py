@@ -83,10 +83,15 @@ def bearer_token(authorization: str) -> str | None:
 
 async def authorize(request: Request, scope: str) -> Principal:
     """The caller's key, which must allow ``scope``: 401 without a valid key, 403 with too small a scope."""
-    token = bearer_token(request.headers.get("authorization", ""))
+    return await authorize_header(request.app.state.container.api_keys, request.headers.get("authorization", ""),
+                                  scope)
+
+
+async def authorize_header(keys: ApiKeys, authorization: str, scope: str) -> Principal:
+    """``authorize`` for an ``Authorization`` header value (endpoints that are plain ASGI apps)."""
+    token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with tracker keys create)")
-    keys = request.app.state.container.api_keys
     principal = keys.from_cache(token)
     if principal is None:
         principal = await _authenticate(keys, token)
