@@ -37,7 +37,8 @@ baseline of the acknowledgement latency and of the pacer's own CPU. Targets: lag
 processed_at - received_at of each event, read from the database after the run. received_at is stamped when
 the request is handled, before its INSERT, so the lag is store + wait + apply; processed_at is the applier's
 clock once its batch has claimed the rows, so the lag leaves out the rest of that transaction (a negative lag
-would mean a clock read in the wrong place: such lags are counted and printed). Also: the pace kept (>= 99 % of the rate, else the run is invalid), zero non-2xx, stored
+would mean a clock read in the wrong place: such lags are counted and printed).
+Also: the pace kept (>= 99 % of the rate, else the run is invalid), zero non-2xx, stored
 once, all applied. The pacer's CPU is printed as wrk's; sends that left late because every connection was
 still waiting for an answer are counted (slip), not hidden.
 
