@@ -152,7 +152,7 @@ def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, act
         values.update(extra)
     if after.flags != customer.flags:
         values["flags"] = json.dumps(list(after.flags))
-        if not decision.changed:  # a stored change: the ETag follows it
+        if after.snapshot.version == customer.snapshot.version:  # a change readers see: the ETag follows it
             values.update(version=customer.snapshot.version + 1, updated_at=now)
             after = replace(after, snapshot=replace(after.snapshot, version=customer.snapshot.version + 1))
     history = change = None
