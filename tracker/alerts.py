@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping
 
 from tracker.alerting.base import Notice
-from tracker.db import queries
+from tracker.db import alert_queries
 from tracker.db.engine import write_transaction
 from tracker.domain.escalation import Tier
 from tracker.transitions.plans import NewAlert
@@ -81,7 +81,7 @@ def notice_for(alert: Mapping[str, Any] | RowMapping, action: str, now: datetime
 
 
 def enqueue(conn: Connection, notice: Notice, channels: Sequence[str], now: datetime) -> None:
-    queries.insert_notifications(conn, _notification_rows(notice, channels, now))
+    alert_queries.insert_notifications(conn, _notification_rows(notice, channels, now))
 
 
 def _notification_rows(notice: Notice, channels: Sequence[str], now: datetime) -> list[dict[str, Any]]:
@@ -115,8 +115,8 @@ def raise_alerts(conn: Connection, settings: AlertSettings, new: Sequence[NewAle
     prepared = prepare_alerts(new, settings, now)
     if not prepared:
         return 0
-    ids = queries.insert_alerts(conn, [values for _, values in prepared.values()])
-    queries.insert_notifications(conn, notification_rows_for(prepared, ids, settings, now))
+    ids = alert_queries.insert_alerts(conn, [values for _, values in prepared.values()])
+    alert_queries.insert_notifications(conn, notification_rows_for(prepared, ids, settings, now))
     return len(ids)
 
 
@@ -152,13 +152,13 @@ def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: st
     """Open an alert (once per key) and enqueue its notices; fold it into a provider incident when many
     customers of one provider cross the same tier together. Returns the new alert's id, or None if it existed."""
     values = _alert_values(settings, kind, key, provider, now, title, customer, attempt, detail)
-    alert_id = queries.insert_alert(conn, values)
+    alert_id = alert_queries.insert_alert(conn, values)
     if alert_id is None:
         return None
     alert = {**values, "id": alert_id}
     incident = _incident(conn, settings, kind, provider, now) if kind in (Tier.OVERDUE, Tier.CRITICAL) else None
     if incident is not None:
-        queries.update_alert(conn, alert_id, {"incident_id": incident, "next_repeat_at": None})
+        alert_queries.update_alert(conn, alert_id, {"incident_id": incident, "next_repeat_at": None})
         return alert_id
     enqueue(conn, notice_for(alert, "trigger", now, customer), settings.channels, now)
     log.info("alert %s raised: %s", alert_id, key)
@@ -168,10 +168,10 @@ def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: st
 def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: str, now: datetime) -> int | None:
     """The provider incident this tier crossing folds into, opened now if the threshold is reached."""
     since = now - settings.incident_window
-    recent = queries.count_recent_alerts(conn, provider, tier, since, up_to=settings.incident_threshold)
+    recent = alert_queries.count_recent_alerts(conn, provider, tier, since, up_to=settings.incident_threshold)
     if recent < settings.incident_threshold:
         return None
-    existing = queries.open_incident(conn, provider, tier, since)
+    existing = alert_queries.open_incident(conn, provider, tier, since)
     if existing is not None:
         return int(existing.id)
     name = PROVIDER_NAMES.get(provider, provider)
@@ -184,15 +184,15 @@ def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: st
     values = {"key": f"incident:{provider}:{tier}:{now.isoformat()}", "kind": "incident", "provider": provider,
               "customer_id": None, "attempt": None, "state": "open", "title": title, "detail": json.dumps(detail),
               "opened_at": now, "repeats": 0, "next_repeat_at": None}
-    incident_id = queries.insert_alert(conn, values)
+    incident_id = alert_queries.insert_alert(conn, values)
     if incident_id is None:  # same key in the same instant: the other one is ours
-        found = queries.open_incident(conn, provider, tier, since)
+        found = alert_queries.open_incident(conn, provider, tier, since)
         return None if found is None else int(found.id)
     enqueue(conn, notice_for({**values, "id": incident_id}, "trigger", now, None), settings.channels, now)
     # The open per-customer alerts of this crossing fold into it.
-    for row in queries.recent_alerts(conn, provider, tier, since):
+    for row in alert_queries.recent_alerts(conn, provider, tier, since):
         if row.incident_id is None and row.id != incident_id:
-            queries.update_alert(conn, row.id, {"incident_id": incident_id, "next_repeat_at": None})
+            alert_queries.update_alert(conn, row.id, {"incident_id": incident_id, "next_repeat_at": None})
     return incident_id
 
 
@@ -200,18 +200,18 @@ def resolve_customer(conn: Connection, settings: AlertSettings, customer: Mappin
                      now: datetime) -> int:
     """The customer left ``pending``: resolve its open tier alerts and tell the channels that take resolves."""
     resolved = 0
-    for alert in queries.open_alerts_of(conn, customer["id"]):
+    for alert in alert_queries.open_alerts_of(conn, customer["id"]):
         if alert.kind not in (Tier.OVERDUE.value, Tier.CRITICAL.value):
             continue
-        queries.update_alert(conn, alert.id, {"state": "resolved", "resolved_at": now, "next_repeat_at": None})
+        alert_queries.update_alert(conn, alert.id, {"state": "resolved", "resolved_at": now, "next_repeat_at": None})
         resolved += 1
-        if queries.notifications_of(conn, [alert.id]):  # it was announced (not folded at birth): announce the end
+        if alert_queries.notifications_of(conn, [alert.id]):  # it was announced (not folded at birth): announce the end
             enqueue(conn, notice_for(alert._mapping, "resolve", now, {**customer, "pending_since": None}),
                     _resolve_channels(settings), now)
-        if alert.incident_id is not None and queries.count_open_members(conn, alert.incident_id) == 0:
-            incident = queries.get_alert(conn, alert.incident_id, lock=True)
+        if alert.incident_id is not None and alert_queries.count_open_members(conn, alert.incident_id) == 0:
+            incident = alert_queries.get_alert(conn, alert.incident_id, lock=True)
             if incident is not None and incident.state != "resolved":
-                queries.update_alert(conn, incident.id, {"state": "resolved", "resolved_at": now})
+                alert_queries.update_alert(conn, incident.id, {"state": "resolved", "resolved_at": now})
                 enqueue(conn, notice_for(incident._mapping, "resolve", now, None), _resolve_channels(settings), now)
     return resolved
 
@@ -221,20 +221,20 @@ def _resolve_channels(settings: AlertSettings) -> list[str]:
 
 
 def acknowledge(conn: Connection, alert_id: int, actor: str, now: datetime) -> Any:
-    alert = queries.get_alert(conn, alert_id, lock=True)
+    alert = alert_queries.get_alert(conn, alert_id, lock=True)
     if alert is None:
         return None
     if alert.state == "open":
-        queries.update_alert(conn, alert_id, {"state": "acknowledged", "acknowledged_at": now,
+        alert_queries.update_alert(conn, alert_id, {"state": "acknowledged", "acknowledged_at": now,
                                               "acknowledged_by": actor, "next_repeat_at": None})
-    return queries.get_alert(conn, alert_id)
+    return alert_queries.get_alert(conn, alert_id)
 
 
 def page(engine: Engine, state: str | None, limit: int, before: int | None) -> list[tuple[Any, list[Any]]]:
     """Alerts newest first (``state``: only those), each with its notifications."""
     with engine.connect() as conn:
-        rows = queries.list_alerts(conn, state, limit, before)
-        notices = queries.notifications_of(conn, [row.id for row in rows])
+        rows = alert_queries.list_alerts(conn, state, limit, before)
+        notices = alert_queries.notifications_of(conn, [row.id for row in rows])
     by_alert: dict[int, list[Any]] = {}
     for notice in notices:
         by_alert.setdefault(notice.alert_id, []).append(notice)
@@ -247,4 +247,4 @@ def acknowledge_by(engine: Engine, alert_id: int, actor: str, now: datetime) -> 
         row = acknowledge(conn, alert_id, actor, now)
         if row is None:
             return None
-        return row, queries.notifications_of(conn, [alert_id])
+        return row, alert_queries.notifications_of(conn, [alert_id])

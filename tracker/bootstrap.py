@@ -25,7 +25,7 @@ from tracker.alerts import AlertSettings
 from tracker.apikeys import ApiKeys
 from tracker.clock import Clock, SystemClock
 from tracker.customers import Customers
-from tracker.db import migrate, queries
+from tracker.db import alert_queries, migrate, queries
 from tracker.db.engine import check_engine, make_engine
 from tracker.domain.escalation import EscalationPolicy
 from tracker.domain.lifecycle import PROVIDERS
@@ -130,7 +130,7 @@ class Container:
 
     def notification_counts(self) -> list[tuple[str, str, int]]:
         with self.engine.connect() as conn:
-            return [(row.channel, row.state, row.n) for row in queries.count_notifications(conn)]
+            return [(row.channel, row.state, row.n) for row in alert_queries.count_notifications(conn)]
 
     def customer_counts(self) -> list[tuple[str, str, str, int]]:
         with self.engine.connect() as conn:

@@ -114,18 +114,19 @@ def progress(done: int, total: int, started: float, out: TextIO) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Stored events through the current code again, by the same path as the applier and the replay API."""
     from tracker.bootstrap import build
+    from tracker.inbox.replays import count_replayable, replayable
 
     settings = _settings()
     _logging(settings)
     container = build(settings)
     applier = container.applier
     outcomes = None if args.all else [o.strip() for o in args.outcome.split(",") if o.strip()]
-    total = applier.count_replayable(args.provider, outcomes)
+    total = count_replayable(container.engine, args.provider, outcomes)
     tally: dict[str, int] = {}
     done, last, started = 0, 0, time.monotonic()
     show = sys.stderr.isatty() or args.progress
     while True:
-        ids = applier.replayable(args.provider, outcomes, after_id=last, limit=500)
+        ids = replayable(container.engine, args.provider, outcomes, after_id=last, limit=500)
         if not ids:
             break
         for event_id in ids:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tracker.alerts import AlertSettings, raise_alert
 from tracker.clock import Clock
-from tracker.db import queries
+from tracker.db import alert_queries, queries
 from tracker.db.engine import write_transaction
 from tracker.domain.escalation import EscalationPolicy, Tier, tier_at
 from tracker.domain.lifecycle import State
@@ -202,9 +202,9 @@ class Escalator:
 
         now = self.clock.now()
         with self._begin() as conn:
-            for alert in queries.due_repeats(conn, now, self.batch):
+            for alert in alert_queries.due_repeats(conn, now, self.batch):
                 customer = queries.get_customer(conn, alert.customer_id) if alert.customer_id else None
                 count = alert.repeats + 1
                 enqueue(conn, notice_for(alert._mapping, "repeat", now, customer._mapping if customer else None,
                                          repeat=count), self.alerts.channels, now)
-                queries.update_alert(conn, alert.id, {"repeats": count, "next_repeat_at": now + repeat})
+                alert_queries.update_alert(conn, alert.id, {"repeats": count, "next_repeat_at": now + repeat})

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Row
 
 from tracker.alerting.base import Channel, DeliveryError, Notice
 from tracker.clock import Clock
-from tracker.db import queries
+from tracker.db import alert_queries
 from tracker.db.engine import write_transaction
 from tracker.metrics import Metrics
 
@@ -80,7 +80,7 @@ class Outbox:
     def _claim(self, channel: str, limit: int) -> list[Row[Any]]:
         now = self.clock.now()
         with self._begin() as conn:
-            return queries.claim_notifications(conn, channel, now, limit, self.owner, now + self.lease)
+            return alert_queries.claim_notifications(conn, channel, now, limit, self.owner, now + self.lease)
 
     async def _deliver(self, name: str, channel: Channel, row: Row[Any]) -> None:
         try:
@@ -97,7 +97,7 @@ class Outbox:
     def _sent(self, name: str, row: Row[Any]) -> None:
         now = self.clock.now()
         with self._begin() as conn:
-            queries.finish_notification(conn, row.id, self.owner, {
+            alert_queries.finish_notification(conn, row.id, self.owner, {
                 "state": "sent", "sent_at": now, "attempts": row.attempts + 1, "lease_until": None,
                 "lease_owner": None, "last_error": None})
         if self.metrics is not None:
@@ -116,7 +116,7 @@ class Outbox:
             values["next_attempt_at"] = now + self.backoff(attempts, error.retry_after)
             log.warning("notice %s to %s failed (attempt %d), retrying: %s", row.key, name, attempts, error.message)
         with self._begin() as conn:
-            queries.finish_notification(conn, row.id, self.owner, values)
+            alert_queries.finish_notification(conn, row.id, self.owner, values)
         if self.metrics is not None:
             self.metrics.notifications.labels(name, values.get("state", "retry")).inc()
 

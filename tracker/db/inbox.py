@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, or_, select
+from sqlalchemy import Connection, Engine, Row, or_, select
 
 from tracker.db.tables import inbound_events
 from tracker.db.types import driver_values, time_columns
@@ -174,12 +174,3 @@ def mark(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
         cursor.executemany(text, [[*driver_values(dialect, _TIMES, _MARKED, row), row["_id"]] for row in outcomes])
     finally:
         cursor.close()
-
-
-def backlog(conn: Connection) -> tuple[int, datetime | None]:
-    """How many stored rows wait to be applied, and since when the oldest has waited."""
-    table = inbound_events
-    count, oldest = conn.execute(select(func.count(), func.min(table.c.received_at))
-                                 .where(table.c.processed_at.is_(None))).one()
-    return int(count), oldest
-

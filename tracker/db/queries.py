@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, RowMapping, Table, and_, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, RowMapping, and_, func, select, tuple_, update
 
+from tracker.db.statements import claim_leased, dialect_insert, unleased
 from tracker.db.tables import (
-    alerts,
     api_keys,
     customers,
     history,
     inbound_events,
-    notifications,
     provider_state,
     uploads,
 )
 from tracker.db.types import driver_values, time_columns
 from tracker.domain.lifecycle import State
-
-
-def _insert(conn: Connection, table: Any) -> Any:
-    return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
-
-
-_BUILT: dict[tuple[str, str], Any] = {}
-
-
-def _built(conn: Connection, name: str, build: Callable[[Connection], Any]) -> Any:
-    """A statement built once per dialect. SQLAlchemy memoizes a statement object's cache key, so executing
-    the same object again skips rebuilding it and walking it for the key (which costs more than the
-    execution itself for the small statements the webhook writer runs per conflict)."""
-    key = (conn.dialect.name, name)
-    stmt = _BUILT.get(key)
-    if stmt is None:
-        stmt = _BUILT[key] = build(conn)
-    return stmt
-
 
 # --- customers -----------------------------------------------------------------------------------------
 
@@ -69,7 +48,7 @@ def lock_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
 def insert_customers(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert customers unless (provider, provider_customer_id) exists already (a concurrent insert wins)."""
     if rows:
-        stmt = _insert(conn, customers).on_conflict_do_nothing(
+        stmt = dialect_insert(conn, customers).on_conflict_do_nothing(
             index_elements=[customers.c.provider, customers.c.provider_customer_id]
         )
         conn.execute(stmt, list(rows))
@@ -77,7 +56,7 @@ def insert_customers(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 def insert_customer(conn: Connection, values: Mapping[str, Any]) -> bool:
     """Insert one customer unless it exists; returns whether it was inserted."""
-    stmt = _insert(conn, customers).on_conflict_do_nothing(
+    stmt = dialect_insert(conn, customers).on_conflict_do_nothing(
         index_elements=[customers.c.provider, customers.c.provider_customer_id]
     )
     return conn.execute(stmt.values(**values).returning(customers.c.id)).first() is not None
@@ -225,7 +204,8 @@ def count_events_to_replay(conn: Connection, *, provider: str | None, outcomes: 
 
 def lock_provider_state(conn: Connection, provider: str) -> Row[Any]:
     """The provider's shared state row, created on first use, locked for this transaction."""
-    conn.execute(_insert(conn, provider_state).on_conflict_do_nothing(index_elements=[provider_state.c.provider]),
+    conn.execute(dialect_insert(conn, provider_state)
+                 .on_conflict_do_nothing(index_elements=[provider_state.c.provider]),
                  {"provider": provider, "breaker_state": "closed", "breaker_failures": 0, "breaker_opens": 0})
     query = select(provider_state).where(provider_state.c.provider == provider)
     if conn.dialect.name == "postgresql":
@@ -246,37 +226,12 @@ def provider_states(conn: Connection) -> list[Row[Any]]:
     return list(conn.execute(select(provider_state).order_by(provider_state.c.provider)))
 
 
-def _claim(conn: Connection, table: Table, due: Sequence[Any], order: Sequence[Any], limit: int,
-           lease: Mapping[str, Any], columns: Sequence[Any] | None = None) -> list[Row[Any]]:
-    """The one lease claim: pick up to ``limit`` due rows in ``order`` (``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL; SQLite has one writer at a time), write the lease columns, return the rows (``columns``, by
-    default all) in ``order``. One statement: an UPDATE of the picked ids, RETURNING the leased rows."""
-    if limit <= 0:
-        return []
-    picked: Any = select(table.c.id).where(*due).order_by(*order).limit(limit)
-    if conn.dialect.name == "postgresql":
-        # Materialized, so the pick runs exactly once: a SKIP LOCKED subquery the planner inlined and rescanned
-        # could pick (and lease) other rows on each pass.
-        picked = picked.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        picked = select(picked.c.id)
-    returned = list(table.c) if columns is None else list(columns)
-    names = {column.name for column in returned}
-    returned += [column for column in order if column.name not in names]  # to sort by
-    rows = list(conn.execute(update(table).where(table.c.id.in_(picked)).values(**lease).returning(*returned)))
-    rows.sort(key=lambda row: tuple(row._mapping[column.name] for column in order))  # RETURNING has no order
-    return rows
-
-
-def _unleased(until: Any, now: datetime) -> Any:
-    return or_(until.is_(None), until < now)
-
-
 def claim_due(conn: Connection, provider: str, now: datetime, limit: int, owner: str, lease_until: datetime
               ) -> list[Row[Any]]:
     """Claim up to ``limit`` customers due for a poll, oldest due first."""
-    return _claim(conn, customers,
+    return claim_leased(conn, customers,
                   [customers.c.provider == provider, customers.c.next_poll_at <= now,
-                   _unleased(customers.c.poll_lease_until, now)],
+                   unleased(customers.c.poll_lease_until, now)],
                   [customers.c.next_poll_at, customers.c.id], limit,
                   {"poll_lease_until": lease_until, "poll_lease_owner": owner})
 
@@ -288,110 +243,6 @@ def count_due(conn: Connection, provider: str, now: datetime) -> int:
     ).scalar_one())
 
 
-# --- alerts and the outbox -----------------------------------------------------------------------------
-
-def insert_alert(conn: Connection, values: Mapping[str, Any]) -> int | None:
-    """Insert an alert unless its key exists (each key alerts at most once); its id, or None."""
-    return insert_alerts(conn, [values]).get(values["key"])
-
-
-def insert_alerts(conn: Connection, values: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Insert alerts whose keys do not exist yet (each key alerts at most once), in one statement; the new
-    ones' ids by key."""
-    if not values:
-        return {}
-    stmt = _built(conn, "insert_alerts", lambda c: _insert(c, alerts).on_conflict_do_nothing(
-        index_elements=[alerts.c.key]).returning(alerts.c.id, alerts.c.key))
-    return {row.key: int(row.id) for row in conn.execute(stmt, [dict(v) for v in values])}
-
-
-def get_alert(conn: Connection, alert_id: int, lock: bool = False) -> Row[Any] | None:
-    query = select(alerts).where(alerts.c.id == alert_id)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return conn.execute(query).first()
-
-
-def update_alert(conn: Connection, alert_id: int, values: Mapping[str, Any]) -> None:
-    conn.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
-
-
-def open_alerts_of(conn: Connection, customer_id: int) -> list[Row[Any]]:
-    return list(conn.execute(select(alerts).where(alerts.c.customer_id == customer_id,
-                                                  alerts.c.state != "resolved").order_by(alerts.c.id)))
-
-
-def count_recent_alerts(conn: Connection, provider: str, kind: str, since: datetime, up_to: int | None = None
-                        ) -> int:
-    """Alerts of ``kind`` for ``provider`` opened since ``since``; counting stops at ``up_to`` (the caller only
-    needs to know whether a threshold is reached, and a burst would otherwise make every count longer)."""
-    recent = select(alerts.c.id).where(alerts.c.provider == provider, alerts.c.kind == kind,
-                                       alerts.c.opened_at >= since)
-    if up_to is not None:
-        recent = recent.limit(up_to)
-    return int(conn.execute(select(func.count()).select_from(recent.subquery())).scalar_one())
-
-
-def open_incident(conn: Connection, provider: str, tier: str, since: datetime) -> Row[Any] | None:
-    return conn.execute(select(alerts).where(
-        alerts.c.provider == provider, alerts.c.kind == "incident", alerts.c.state != "resolved",
-        alerts.c.key.like(f"incident:{provider}:{tier}:%"), alerts.c.opened_at >= since,
-    ).order_by(alerts.c.id.desc()).limit(1)).first()
-
-
-def list_alerts(conn: Connection, state: str | None, limit: int, before_id: int | None) -> list[Row[Any]]:
-    query = select(alerts)
-    if state is not None:
-        query = query.where(alerts.c.state == state)
-    if before_id is not None:
-        query = query.where(alerts.c.id < before_id)
-    return list(conn.execute(query.order_by(alerts.c.id.desc()).limit(limit)))
-
-
-def notifications_of(conn: Connection, alert_ids: Sequence[int]) -> list[Row[Any]]:
-    if not alert_ids:
-        return []
-    return list(conn.execute(select(notifications).where(notifications.c.alert_id.in_(list(alert_ids)))
-                             .order_by(notifications.c.id)))
-
-
-def due_repeats(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
-    query = (select(alerts).where(alerts.c.next_repeat_at <= now, alerts.c.state == "open")
-             .order_by(alerts.c.next_repeat_at).limit(limit))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(conn.execute(query))
-
-
-def insert_notifications(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        stmt = _built(conn, "insert_notifications", lambda c: _insert(c, notifications).on_conflict_do_nothing(
-            index_elements=[notifications.c.key, notifications.c.channel]))
-        conn.execute(stmt, list(rows))
-
-
-def claim_notifications(conn: Connection, channel: str, now: datetime, limit: int, owner: str,
-                        lease_until: datetime) -> list[Row[Any]]:
-    return _claim(conn, notifications,
-                  [notifications.c.channel == channel, notifications.c.state == "pending",
-                   notifications.c.next_attempt_at <= now, _unleased(notifications.c.lease_until, now)],
-                  [notifications.c.next_attempt_at, notifications.c.id], limit,
-                  {"lease_until": lease_until, "lease_owner": owner})
-
-
-def finish_notification(conn: Connection, notification_id: int, owner: str, values: Mapping[str, Any]) -> bool:
-    result = conn.execute(update(notifications).where(notifications.c.id == notification_id,
-                                                      notifications.c.lease_owner == owner).values(**values))
-    return bool(result.rowcount)
-
-
-def count_notifications(conn: Connection) -> list[Row[Any]]:
-    return list(conn.execute(select(notifications.c.channel, notifications.c.state, func.count().label("n"))
-                             .group_by(notifications.c.channel, notifications.c.state)))
-
-
-# What the Escalator needs of a claimed customer (the check before an alert); settling reads the whole row again,
-# under its lock.
 DEADLINE_CLAIM_COLUMNS = ("id", "provider", "provider_customer_id", "customer_type", "application_id", "state",
                           "deadline_at")
 
@@ -399,19 +250,8 @@ DEADLINE_CLAIM_COLUMNS = ("id", "provider", "provider_customer_id", "customer_ty
 def claim_deadlines(conn: Connection, now: datetime, limit: int, owner: str, lease_until: datetime
                     ) -> list[Row[Any]]:
     """Claim customers whose next escalation threshold is due: in proportion to what is due (indexed)."""
-    return _claim(conn, customers,
-                  [customers.c.deadline_at <= now, _unleased(customers.c.deadline_lease_until, now)],
+    return claim_leased(conn, customers,
+                  [customers.c.deadline_at <= now, unleased(customers.c.deadline_lease_until, now)],
                   [customers.c.deadline_at, customers.c.id], limit,
                   {"deadline_lease_until": lease_until, "deadline_lease_owner": owner},
                   [customers.c[name] for name in DEADLINE_CLAIM_COLUMNS])
-
-
-def recent_alerts(conn: Connection, provider: str, kind: str, since: datetime) -> list[Row[Any]]:
-    return list(conn.execute(select(alerts).where(alerts.c.provider == provider, alerts.c.kind == kind,
-                                                  alerts.c.opened_at >= since, alerts.c.state != "resolved")))
-
-
-def count_open_members(conn: Connection, incident_id: int) -> int:
-    return int(conn.execute(select(func.count()).select_from(alerts).where(
-        alerts.c.incident_id == incident_id, alerts.c.state != "resolved")).scalar_one())
-

@@ -213,17 +213,6 @@ class Applier:
             self._published(done)
             return result
 
-    def replayable(self, provider: str | None, outcomes: Sequence[str] | None, after_id: int, limit: int
-                   ) -> list[int]:
-        """Ids of stored events with these outcomes (None: any, but duplicates), after ``after_id``."""
-        with self.engine.connect() as conn:
-            return queries.events_to_replay(conn, provider=provider, outcomes=outcomes, after_id=after_id,
-                                            limit=limit)
-
-    def count_replayable(self, provider: str | None, outcomes: Sequence[str] | None) -> int:
-        with self.engine.connect() as conn:
-            return queries.count_events_to_replay(conn, provider=provider, outcomes=outcomes)
-
     def _one_by_one(self, now: datetime) -> int:
         """Apply the due events each in its own transaction; what fails alone is recorded as an error."""
         with write_transaction(self.engine) as conn:

@@ -57,7 +57,7 @@ class Lease:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not self._stopping.is_set():
-                        if not self._held and self._scalar(conn, "SELECT pg_try_advisory_lock(%s)"):
+                        if not self._held and _try_lock(conn):
                             log.info("this process now applies the inbox")
                             wake.set()  # before it shows as held: what was stored meanwhile is applied
                             self._held = True
@@ -71,7 +71,7 @@ class Lease:
                 self._stopping.wait(RETRY)
         self._held = False
 
-    @staticmethod
-    def _scalar(conn: Any, query: str) -> Any:
-        row = conn.execute(query, (LOCK_KEY,)).fetchone()
-        return row[0] if row else None
+
+def _try_lock(conn: Any) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
