@@ -8,17 +8,17 @@ with ``python -m tracker.providers.simulators {blaaiz|connectfi|cryptopocket} --
 from __future__ import annotations
 
 from tracker.providers.simulators.blaaiz import BlaaizSimulator
-from tracker.providers.simulators.common import (
+from tracker.providers.simulators.common import SimulatorBase
+from tracker.providers.simulators.connectfi import ConnectFiSimulator
+from tracker.providers.simulators.cryptopocket import CryptoPocketSimulator
+from tracker.providers.simulators.records import (
     Delivery,
     HostRouter,
     RequestRecord,
-    SimulatorBase,
     StatusChange,
     TimeoutASGITransport,
     parse_rate,
 )
-from tracker.providers.simulators.connectfi import ConnectFiSimulator
-from tracker.providers.simulators.cryptopocket import CryptoPocketSimulator
 
 SIMULATORS: dict[str, type[SimulatorBase]] = {
     BlaaizSimulator.name: BlaaizSimulator,

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 from tracker.providers.simulators import blaaiz as blaaiz_module
 from tracker.providers.simulators.blaaiz import BlaaizSimulator
-from tracker.providers.simulators.common import SimulatorBase, parse_rate
+from tracker.providers.simulators.common import SimulatorBase
 from tracker.providers.simulators.connectfi import ConnectFiSimulator
 from tracker.providers.simulators.cryptopocket import CryptoPocketSimulator
+from tracker.providers.simulators.records import parse_rate
 
 DEFAULT_STATUS = {"blaaiz": "PROCESSING", "connectfi": "waiting_review", "cryptopocket": "processing"}
 

@@ -18,14 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.clock import Clock
-from tracker.providers.simulators.common import (
-    SimRecord,
-    SimulatorBase,
-    StatusChange,
-    iso_z,
-    json_bytes,
-    placeholder_email,
-)
+from tracker.providers.simulators.common import SimulatorBase
+from tracker.providers.simulators.records import SimRecord, StatusChange, iso_z, json_bytes, placeholder_email
 
 STATUSES = ("PENDING", "PROCESSING", "VERIFIED", "REJECTED")
 PART_STATUSES = ("PENDING", "PROCESSING", "APPROVED", "REJECTED")  # owners[] and documents[]

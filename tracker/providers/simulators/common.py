@@ -1,4 +1,5 @@
-"""Shared machinery of the provider simulators: records, scripts, faults, rate limits, tokens, the request log.
+"""Shared machinery of the provider simulators: the request pipeline, customer records and scripts, tokens, the
+request log (faults and rate limits: ``faults``; the values they deal in: ``records``).
 
 A simulator is a small Starlette app that speaks one provider's documented API (PROVIDERS.md) with outcomes
 set by the test or bench: statuses, scripted status changes over (clock) time, latency, failures, 429s, hangs
@@ -15,16 +16,12 @@ included, is logged in ``requests``.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import json
 import math
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -34,159 +31,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.clock import Clock, SystemClock
+from tracker.providers.simulators.faults import FaultsAndLimits
+from tracker.providers.simulators.records import (
+    Delivery,
+    Fault,
+    RequestRecord,
+    SimRecord,
+    StatusChange,
+    TimeoutASGITransport,
+    Token,
+    http_date,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 RouteKind = Literal["auth", "api"]
-FaultKind = Literal["fail", "throttle", "hang"]
 
 
-def placeholder_email(customer_id: str) -> str:
-    """The only e-mail a simulator ever shows: no personal data."""
-    return f"customer-{customer_id}@example.invalid"
 
-
-def http_date(moment: datetime) -> str:
-    """RFC 9110 HTTP-date (``Sun, 06 Nov 1994 08:49:37 GMT``)."""
-    return format_datetime(moment, usegmt=True)
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """``"20/s"``, ``"120/m"``, ``"1500/h"`` (also ``"5/10s"``) -> ``(count, window_seconds)``."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    try:
-        count_text, per = text.strip().split("/", 1)
-        count = int(count_text)
-        per = per.strip().lower()
-        unit = units[per[-1]]
-        multiple = float(per[:-1]) if per[:-1] else 1.0
-    except (ValueError, KeyError, IndexError):
-        raise ValueError(f"bad rate {text!r}: expected N/s, N/m or N/h") from None
-    if count < 1 or multiple <= 0:
-        raise ValueError(f"bad rate {text!r}: count and window must be positive")
-    return count, unit * multiple
-
-
-@dataclass
-class RequestRecord:
-    """One answered (or abandoned) request."""
-
-    at: datetime  # the simulator's clock at arrival
-    monotonic: float  # time.monotonic() at arrival
-    method: str
-    path: str
-    customer_id: str | None
-    status: int  # 499: the client went away (timeout) before the answer
-    fault: str | None = None  # "fail" | "throttle" | "hang" | "rate_limited" | None
-    duration: float = 0.0  # real seconds spent answering
-    client: str | None = None  # the peer as "host:port" (tells apart the processes polling a real server)
-
-
-@dataclass
-class Fault:
-    kind: FaultKind
-    times: int
-    path: str | None = None
-    customer_id: str | None = None
-    status: int = 500
-    body: object = None
-    retry_after: str | int | float | datetime | None = None
-    seconds: float = 0.0
-
-    def matches(self, path: str, customer_id: str | None) -> bool:
-        if self.times <= 0:
-            return False
-        if self.path is not None and self.path not in path:
-            return False
-        return self.customer_id is None or self.customer_id == customer_id
-
-
-@dataclass
-class SimRecord:
-    """One customer (Blaaiz, CryptoPocket) or application (connectFi) as the provider holds it."""
-
-    id: str
-    status: str
-    fields: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    seq: int
-    comment: str | None = None
-    script_start: datetime | None = None
-    steps: list[tuple[float, str]] = field(default_factory=list)
-    announced: str = ""  # last status handed out by pop_changes()
-
-    def current(self, now: datetime) -> tuple[str, datetime]:
-        """Status and its change time, with the script applied lazily at ``now``."""
-        status, changed = self.status, self.updated_at
-        if self.script_start is not None:
-            for offset, step_status in self.steps:
-                at = self.script_start + timedelta(seconds=offset)
-                if at <= now:
-                    status, changed = step_status, at
-        return status, changed
-
-
-@dataclass
-class StatusChange:
-    """A status change that became effective since the last ``pop_changes()`` (intermediate steps coalesced)."""
-
-    record_id: str
-    old_status: str
-    new_status: str
-    at: datetime
-
-
-@dataclass
-class Token:
-    value: str
-    expires_at: datetime | None
-    scopes: frozenset[str] = frozenset()
-
-
-@dataclass
-class Delivery:
-    """A webhook or callback the simulator sent."""
-
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    status: int | None  # None: the send failed at the transport level
-
-
-class TimeoutASGITransport(httpx.ASGITransport):
-    """``httpx.ASGITransport`` that honours the client's read timeout (the plain one ignores timeouts).
-
-    With it, ``hang()`` and ``latency`` make the client raise ``httpx.ReadTimeout`` as against a real server."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout") or {}
-        read = timeouts.get("read")
-        if read is None:
-            return await super().handle_async_request(request)
-        try:
-            return await asyncio.wait_for(super().handle_async_request(request), timeout=float(read))
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"the simulator did not answer within {read} s", request=request) from None
-
-
-class HostRouter(httpx.AsyncBaseTransport):
-    """One transport for several simulators, chosen by the request's host (the tracker has one HTTP client)."""
-
-    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
-        self.routes = routes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self.routes.get(request.url.host)
-        if transport is None:
-            raise httpx.ConnectError(f"no simulator for host {request.url.host}", request=request)
-        return await transport.handle_async_request(request)
-
-    @classmethod
-    def of(cls, *simulators: SimulatorBase) -> HostRouter:
-        return cls({httpx.URL(sim.default_base_url).host: sim.transport() for sim in simulators})
-
-
-class SimulatorBase:
+class SimulatorBase(FaultsAndLimits):
     """Common state and request pipeline. Subclasses add routes and the provider's own answers."""
 
     #: the provider name (``blaaiz``, ``connectfi``, ``cryptopocket``)
@@ -368,97 +230,6 @@ class SimulatorBase:
             return http_date(value)
         return str(math.ceil(value))
 
-    # ------------------------------------------------------------------------------ fault injection
-
-    def fail(self, times: int = 1, status: int = 500, body: object = None, *, path: str | None = None,
-             customer_id: str | None = None) -> None:
-        """The next ``times`` matching requests answer ``status`` with ``body`` (JSON-able, or bytes/str sent
-        as text; None: the provider's own error body)."""
-        self._faults.append(Fault("fail", times, path, customer_id, status=status, body=body))
-
-    def throttle(self, times: int = 1, retry_after: str | int | float | datetime | None = "5", *,
-                 path: str | None = None, customer_id: str | None = None) -> None:
-        """The next ``times`` matching requests answer 429 with ``Retry-After``: a string as given (seconds or
-        an HTTP-date), a number of seconds, a datetime (sent as an HTTP-date; see ``retry_at``), or None
-        (no header)."""
-        self._faults.append(Fault("throttle", times, path, customer_id, retry_after=retry_after))
-
-    def retry_at(self, seconds: float) -> str:
-        """An HTTP-date ``seconds`` after the simulator's clock, for ``throttle(retry_after=...)``."""
-        return http_date(self.clock.now() + timedelta(seconds=seconds))
-
-    def hang(self, times: int = 1, seconds: float = 30.0, *, path: str | None = None,
-             customer_id: str | None = None) -> None:
-        """The next ``times`` matching requests sleep ``seconds`` (real time) before being answered normally."""
-        self._faults.append(Fault("hang", times, path, customer_id, seconds=seconds))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    @property
-    def pending_faults(self) -> int:
-        return sum(f.times for f in self._faults if f.times > 0)
-
-    def _take_fault(self, path: str, customer_id: str | None) -> Fault | None:
-        for fault in self._faults:
-            if fault.matches(path, customer_id):
-                fault.times -= 1
-                self._faults = [f for f in self._faults if f.times > 0]
-                return fault
-        return None
-
-    # ---------------------------------------------------------------------------------- rate limits
-
-    @property
-    def limits(self) -> list[tuple[int, float]]:
-        """``[(count, window_seconds), ...]``: sliding windows on the clock. Assigning resets the windows."""
-        return list(self._limits)
-
-    @limits.setter
-    def limits(self, value: Iterable[tuple[int, float]]) -> None:
-        self._limits = [(int(count), float(window)) for count, window in value]
-        self._windows = [deque() for _ in self._limits]
-
-    def _prune(self, now: datetime) -> None:
-        for (_count, window), stamps in zip(self._limits, self._windows, strict=True):
-            edge = now - timedelta(seconds=window)
-            while stamps and stamps[0] <= edge:
-                stamps.popleft()
-
-    def _admit(self, arrived: datetime | None = None) -> int | None:
-        """Count one request that arrived at ``arrived`` (default: now); None if admitted, else whole seconds
-        until a slot frees (at least 1). A provider counts requests as they arrive: the latency slept since
-        must not move them, nor bunch them when several sleeps end late together on a busy machine."""
-        if not self._limits:
-            return None
-        now = self.clock.now() if arrived is None else arrived
-        self._prune(now)
-        waits = [
-            (stamps[0] + timedelta(seconds=window) - now).total_seconds()
-            for (count, window), stamps in zip(self._limits, self._windows, strict=True)
-            if len(stamps) >= count
-        ]
-        if waits:
-            return max(1, math.ceil(max(waits)))
-        for stamps in self._windows:
-            bisect.insort(stamps, now)  # checks can come a little out of arrival order
-        return None
-
-    def rate_state(self) -> tuple[int, int, int] | None:
-        """``(limit, remaining, reset_epoch)`` of the tightest window, or None without limits."""
-        if not self._limits:
-            return None
-        now = self.clock.now()
-        self._prune(now)
-        best: tuple[int, int, int] | None = None
-        for (count, window), stamps in zip(self._limits, self._windows, strict=True):
-            remaining = max(0, count - len(stamps))
-            reset_at = (stamps[0] if stamps else now) + timedelta(seconds=window)
-            candidate = (count, remaining, math.ceil(reset_at.timestamp()))
-            if best is None or remaining < best[1]:
-                best = candidate
-        return best
-
     # ------------------------------------------------------------------------------------- tokens
 
     def issue_token(self, scopes: Iterable[str] = ()) -> Token:
@@ -611,15 +382,3 @@ class SimulatorBase:
             raise
         self.deliveries.append(Delivery(url, body, headers, response.status_code))
         return response
-
-
-def json_bytes(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def iso_z(moment: datetime, *, micros: bool = False) -> str:
-    """UTC ISO 8601 with a ``Z``: ``2026-01-05T09:00:00.000Z`` (or ``.000000Z`` with ``micros``)."""
-    moment = moment.astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    fraction = f"{moment.microsecond:06d}" if micros else f"{moment.microsecond // 1000:03d}"
-    return f"{text}.{fraction}Z"

@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.clock import Clock
-from tracker.providers.simulators.common import SimRecord, SimulatorBase, iso_z, json_bytes
+from tracker.providers.simulators.common import SimulatorBase
+from tracker.providers.simulators.records import SimRecord, iso_z, json_bytes
 
 STATUSES = ("pending_step_up", "pending_documents", "waiting_review", "pending_journey_application_review",
             "running", "data_request", "completed")

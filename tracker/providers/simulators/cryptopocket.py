@@ -20,7 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.clock import Clock
-from tracker.providers.simulators.common import SimulatorBase, json_bytes
+from tracker.providers.simulators.common import SimulatorBase
+from tracker.providers.simulators.records import json_bytes
 
 STATUSES = ("valid", "fail", "unused", "processing")
 TOKEN_HEADER = "auth"  # noqa: S105 (a header name)
