@@ -322,7 +322,7 @@ def place_stream(engine: Any, plan: Plan, effects: Any, first: datetime, rate: f
         assert reached is (Tier.OVERDUE if crossing.kind == "critical" else Tier.NONE)
         deadline = effects.deadline(crossing.provider, crossing.customer_type, since, reached)
         assert deadline == {"deadline_at": at, "deadline_tier": crossing.kind}
-        changes.append({"_id": crossing.customer_id, "_old_version": crossing.version, "pending_since": since,
+        changes.append({"_id": crossing.customer_id, "_version": crossing.version, "pending_since": since,
                         "updated_at": since if reached is Tier.NONE else thresholds.overdue.due(since),
                         "last_provider_time": since if crossing.provider != "blaaiz" else None, **deadline})
         crossing.at = at

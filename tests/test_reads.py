@@ -1,4 +1,4 @@
-"""The API's fast reads (tracker.db.reads) give exactly what the SQLAlchemy reference queries give."""
+"""The API's fast reads (tracker.db.reads) match the SQLAlchemy reference queries; the keyed bulk update."""
 
 from __future__ import annotations
 
@@ -229,3 +229,30 @@ async def test_concurrent_requests_with_an_expired_key_check_it_once(client, con
     responses = await asyncio.gather(*(client.get("/v1/customers", headers=read_key) for _ in range(20)))
     assert {r.status_code for r in responses} == {200}
     assert next(calls) <= 2  # one check (a second only if the first finished before the last request came)
+
+
+def test_update_customers_writes_only_rows_still_at_their_version(engine: Engine) -> None:
+    """The one keyed bulk update (one statement over arrays on PostgreSQL, executemany on SQLite): rows whose
+    version moved are left alone and not counted; times (and None among them) and text round-trip."""
+    seed(engine, 12)
+    with engine.connect() as conn:
+        rows = conn.execute(customers.select().order_by(customers.c.id).limit(3)).all()
+    later = NOW + timedelta(hours=1, microseconds=5)
+    changes = [
+        {"_id": rows[0].id, "_version": rows[0].version, "state": "verified", "decided_at": later,
+         "pending_since": None, "version": rows[0].version + 1},
+        {"_id": rows[1].id, "_version": rows[1].version + 7, "state": "verified", "decided_at": later,
+         "pending_since": None, "version": rows[1].version + 8},  # stale: its version moved on
+        {"_id": rows[2].id, "_version": rows[2].version, "state": "rejected", "decided_at": None,
+         "pending_since": later, "version": rows[2].version + 1},
+    ]
+    with engine.begin() as conn:
+        assert queries.update_customers(conn, changes) == 2
+    with engine.connect() as conn:
+        after = {row.id: row for row in conn.execute(customers.select().where(
+            customers.c.id.in_([row.id for row in rows])))}
+    assert (after[rows[0].id].state, after[rows[0].id].decided_at, after[rows[0].id].pending_since) == (
+        "verified", later, None)
+    assert (after[rows[1].id].state, after[rows[1].id].version) == (rows[1].state, rows[1].version)
+    assert (after[rows[2].id].state, after[rows[2].id].decided_at, after[rows[2].id].pending_since) == (
+        "rejected", None, later)

@@ -105,7 +105,7 @@ class Customers:
             if fill:
                 if row.next_poll_at is None and row.state != State.VERIFIED.value:
                     fill["next_poll_at"] = first_poll({**row._mapping, **fill}, now, self.rules.polling)
-                fill.update(_id=row.id, _old_version=row.version, version=row.version + 1, updated_at=now)
+                fill.update(_id=row.id, _version=row.version, version=row.version + 1, updated_at=now)
                 queries.update_customers(conn, [fill])
                 row = self._lock(conn, row.id)
         return CustomerResult(row, created=created)
@@ -137,7 +137,7 @@ class Customers:
             if flag is not None:
                 flags = queries.flags_of(row._mapping)
                 if flag not in flags:
-                    queries.update_customers(conn, [{"_id": row.id, "_old_version": row.version,
+                    queries.update_customers(conn, [{"_id": row.id, "_version": row.version,
                                                      "flags": json.dumps([*flags, flag]),
                                                      "version": row.version + 1, "updated_at": now}])
             elif starts_review:

@@ -175,7 +175,7 @@ class Escalator:
                 values["updated_at"] = now
             values.update(deadline(self.policy, row.provider, customer_type, row.pending_since,
                                    max(reached, current, key=ORDER.index)))
-        values.update(_id=row.id, _old_version=row.version)
+        values.update(_id=row.id, _version=row.version)
         if queries.update_customers(conn, [values]) != 1:
             raise ConcurrentChange(f"customer {row.id} changed meanwhile")
         return changes

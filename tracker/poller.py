@@ -323,7 +323,7 @@ class Poller:
                 failures = row.poll_failures + 1
                 delay = failure_backoff(failures, self.policy, self.rng.random())
                 queries.update_customers(conn, [{
-                    "_id": row.id, "_old_version": row.version, "poll_failures": failures,
+                    "_id": row.id, "_version": row.version, "poll_failures": failures,
                     "next_poll_at": now + delay, "poll_lease_until": None, "poll_lease_owner": None,
                     "last_polled_at": now,
                 }])

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, or_, select
 
+from tracker.db.statements import update_by_key
 from tracker.db.tables import inbound_events
 from tracker.db.types import driver_values, time_columns
 
@@ -161,16 +162,5 @@ _MARKED = ("outcome", "reason", "customer_id", "processed_at", "attempts", "retr
 
 
 def mark(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
-    """Record each applied row's outcome (``_id``, and the ``_MARKED`` columns by name), in one ``executemany``
-    on the driver's cursor."""
-    if not outcomes:
-        return
-    dialect = conn.dialect.name
-    mark_ = "%s" if dialect == "postgresql" else "?"
-    text = (f"UPDATE inbound_events SET {', '.join(f'{name} = {mark_}' for name in _MARKED)} "  # noqa: S608
-            f"WHERE id = {mark_}")
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(text, [[*driver_values(dialect, _TIMES, _MARKED, row), row["_id"]] for row in outcomes])
-    finally:
-        cursor.close()
+    """Record each applied row's outcome (``_id``, and the ``_MARKED`` columns by name), in one statement."""
+    update_by_key(conn, inbound_events, _MARKED, ("id",), outcomes)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, and_, func, select, tuple_, update
 
-from tracker.db.statements import claim_leased, dialect_insert, unleased
+from tracker.db.statements import claim_leased, dialect_insert, unleased, update_by_key
 from tracker.db.tables import (
     api_keys,
     customers,
@@ -18,7 +18,6 @@ from tracker.db.tables import (
     provider_state,
     uploads,
 )
-from tracker.db.types import driver_values, time_columns
 from tracker.domain.lifecycle import State
 
 # --- customers -----------------------------------------------------------------------------------------
@@ -62,35 +61,15 @@ def insert_customer(conn: Connection, values: Mapping[str, Any]) -> bool:
     return conn.execute(stmt.values(**values).returning(customers.c.id)).first() is not None
 
 
-_CUSTOMER_TIMES = time_columns(customers)
-_update_texts: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
 def update_customers(conn: Connection, changes: Sequence[dict[str, Any]]) -> int:
-    """Apply changes (each with ``_id`` and ``_old_version``: only where the row still has that version);
-    returns how many rows matched. The customers that changed the same columns go in one ``executemany`` on the
-    driver's cursor (this runs for every stored event: no per-row statement building)."""
-    if not changes:
-        return 0
+    """Apply changes (each with ``_id`` and ``_version``: only where the row still has that version); returns
+    how many rows matched. The customers that changed the same columns go in one statement."""
     total = 0
-    dialect = conn.dialect.name
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_shape.setdefault(tuple(sorted(name for name in change if not name.startswith("_"))), []).append(change)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        for shape, group in by_shape.items():
-            text = _update_texts.get((dialect, shape))
-            if text is None:
-                mark = "%s" if dialect == "postgresql" else "?"
-                sets = ", ".join(f"{customers.c[name].name} = {mark}" for name in shape)  # known columns only
-                text = _update_texts[(dialect, shape)] = (
-                    f"UPDATE customers SET {sets} WHERE id = {mark} AND version = {mark}")  # noqa: S608
-            cursor.executemany(text, [[*driver_values(dialect, _CUSTOMER_TIMES, shape, change), change["_id"],
-                                       change["_old_version"]] for change in group])
-            total += cursor.rowcount
-    finally:
-        cursor.close()
+    for shape, group in by_shape.items():
+        total += update_by_key(conn, customers, shape, ("id", "version"), group)
     return total
 
 

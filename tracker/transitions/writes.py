@@ -44,7 +44,7 @@ class Writes:
             update = updates.get(planned.before.id)
             if update is None:
                 updates[planned.before.id] = {**planned.values, "_id": planned.before.id,
-                                              "_old_version": planned.before.snapshot.version}
+                                              "_version": planned.before.snapshot.version}
             else:
                 update.update(planned.values)
         if updates and queries.update_customers(conn, list(updates.values())) != len(updates):
