@@ -61,3 +61,23 @@ def test_a_contradiction_of_a_verified_customer_plans_one_alert_per_cause() -> N
     assert first.outcome == "conflict"
     assert first.values == {}
     assert [a.key for a in first.alerts] == [a.key for a in again.alerts] != [a.key for a in other.alerts]
+
+
+@pytest.mark.parametrize(("ahead", "flagged"), [
+    (timedelta(minutes=5), False),  # exactly the allowed skew: trusted
+    (timedelta(minutes=5, seconds=1), True),
+    (timedelta(days=3000 * 365), True),
+])
+def test_a_provider_time_beyond_the_skew_is_ordered_by_its_receipt(ahead, flagged) -> None:
+    """Whatever the source (here a poll), the plan bounds the provider's clock by the receipt time plus
+    ``Rules.clock_skew``; the history row keeps the time as sent."""
+    received = NOW - timedelta(seconds=10)  # stored, then applied a little later
+    sent = received + ahead
+    planned = plan(pending(), Signal(Trigger.PROVIDER_REJECTED, Source.POLL, "REJECTED", sent), NOW, RULES,
+                   actor="poll", received_at=received)
+    assert planned.outcome == "applied"
+    assert planned.values["last_provider_time"] == (received if flagged else sent)
+    assert ("future_provider_time" in planned.after.flags) is flagged
+    assert ("future_provider_time" in planned.reason) is flagged
+    assert planned.history is not None
+    assert planned.history["provider_time"] == sent

@@ -159,6 +159,7 @@ async def test_stale_event_is_kept_and_changes_nothing(client, clock, write_key,
     await pending_customer(client, write_key)
     newer = blaaiz_event("cus_1", "REJECTED", updated_at="2026-01-05T10:00:00Z", old_status="PROCESSING")
     older = blaaiz_event("cus_1", "PROCESSING", updated_at="2026-01-05T09:45:00Z", old_status="PENDING")
+    clock.advance(timedelta(hours=1, minutes=5))  # both sent before now (a time far ahead is not trusted)
     assert (await post_blaaiz(client, clock, newer)).json()["status"] == "accepted"
     before = customer_rows(engine)
     response = await post_blaaiz(client, clock, older)
@@ -368,6 +369,7 @@ async def test_unknown_event_type_changes_nothing(client, clock, engine, baselin
 
 
 async def test_unknown_status_value_is_kept_raw_and_moves_nothing(client, clock, engine, baseline) -> None:
+    clock.advance(timedelta(hours=1))  # past the event's updated_at
     response = await post_blaaiz(client, clock, json.loads(_body(new_status="ON_HOLD")))
     assert response.json()["status"] == "accepted"
     row = stored_event(engine, response.json()["event"])

@@ -208,3 +208,25 @@ async def test_cryptopocket_missing_user_is_400_and_kept(app_client, pocket) -> 
     assert (row.provider, row.outcome) == ("cryptopocket", "rejected")
     assert f"stored as event {row.id}" in response.json()["error"]["message"]
     assert customer(container, "usr_1") is None
+
+
+@pytest.mark.parametrize("timestamp", ["NaN", "Infinity", "1e400", "99999999999999999999", "-1e20"])
+async def test_cryptopocket_timestamp_that_is_no_time_is_400_and_kept(app_client, pocket, timestamp: str) -> None:
+    """A signed event whose ``timestamp`` no time can hold is refused with the reason and kept as rejected,
+    not a 500 that the provider would retry for ever."""
+    client, container = app_client
+    body, headers = pocket.webhook("usr_1", "valid")
+    payload = json.loads(body)
+    payload["timestamp"] = 0
+    body = json.dumps(payload).encode().replace(b'"timestamp": 0', f'"timestamp": {timestamp}'.encode())
+    from tracker.providers.simulators.cryptopocket import sign
+
+    headers = {**headers, "X-Signature": sign(SECRET, body, headers["X-Timestamp"], "hex")}
+    response = await client.post("/webhooks/cryptopocket", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_event"
+    assert "timestamp cannot be read" in response.json()["error"]["message"]
+    with container.engine.connect() as conn:
+        row = conn.execute(select(inbound_events)).one()
+    assert (row.provider, row.outcome) == ("cryptopocket", "rejected")
+    assert customer(container, "usr_1") is None

@@ -196,7 +196,7 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
         critical_repeat=settings.critical_repeat if settings.critical_repeat > timedelta(0) else None,
         incident_threshold=settings.incident_threshold, incident_window=settings.incident_window)
     escalation = escalation_policy(settings)
-    rules = Rules(escalation=escalation, polling=policy)
+    rules = Rules(escalation=escalation, polling=policy, clock_skew=settings.clock_skew)
     writes = Writes(alert_settings, metrics)
     applier = Applier(engine, clock, writes, rules, Lease(engine), metrics=metrics)
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer

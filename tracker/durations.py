@@ -7,6 +7,9 @@ from datetime import timedelta
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+# Longer than any threshold, interval or age anyone means, and short enough that "now minus it" is still a time.
+MAX_DAYS = 100 * 366
+MAX_SECONDS = MAX_DAYS * 86400
 
 
 def parse_duration(text: str) -> timedelta:
@@ -18,7 +21,7 @@ def parse_duration(text: str) -> timedelta:
     if not raw:
         raise ValueError("empty duration; use a number with a unit, such as 90s, 15m, 2h or 5d")
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return timedelta(seconds=float(raw))
+        return _bounded(text, float(raw))
     pos = 0
     total = 0.0
     for match in _PART.finditer(raw):
@@ -28,7 +31,13 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(raw) or pos == 0:
         raise ValueError(f"{text!r} is not a duration; use a number with a unit, such as 90s, 15m, 2h or 5d")
-    return timedelta(seconds=total)
+    return _bounded(text, total)
+
+
+def _bounded(text: str, seconds: float) -> timedelta:
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{text!r} is longer than the longest duration tracker takes ({MAX_DAYS} days)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

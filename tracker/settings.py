@@ -147,6 +147,7 @@ class Settings:
     awaiting_poll_interval: timedelta = timedelta(minutes=15)
     reconcile_after: timedelta = timedelta(minutes=10)
     critical_repeat: timedelta = timedelta(hours=1)
+    clock_skew: timedelta = timedelta(minutes=5)
     alert_slack_url: str | None = None
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
@@ -196,6 +197,7 @@ class Settings:
             "AWAITING_POLL_INTERVAL": _positive_duration,
             "RECONCILE_AFTER": _positive_duration,
             "CRITICAL_REPEAT": _duration,
+            "CLOCK_SKEW": _positive_duration,
             "ALERT_SLACK_URL": _http_url,
             "ALERT_WEBHOOK_URL": _http_url,
             "ALERT_WEBHOOK_SECRET": _text,
@@ -245,11 +247,15 @@ class Settings:
     def check(self) -> None:
         """Cross-field rules."""
         for provider in PROVIDERS:
-            if self.overdue_for(provider) >= self.critical_for(provider):
-                raise SettingsError(
-                    f"TRACKER_{provider.upper()}_CRITICAL_AFTER must be longer than the overdue threshold "
-                    f"for {provider}"
-                )
+            overdue, critical = self.overdue_for(provider), self.critical_for(provider)
+            if overdue >= critical:
+                # Name the variables that gave these values: the provider's own, or else the general one.
+                overdue_name = (f"TRACKER_{provider.upper()}_OVERDUE_AFTER" if provider in self.provider_overdue_after
+                                else "TRACKER_OVERDUE_AFTER")
+                critical_name = (f"TRACKER_{provider.upper()}_CRITICAL_AFTER"
+                                 if provider in self.provider_critical_after else "TRACKER_CRITICAL_AFTER")
+                raise SettingsError(f"{overdue_name} ({overdue}) must be shorter than {critical_name} ({critical}) "
+                                    f"for {provider}")
         if self.alert_webhook_url and not self.alert_webhook_secret:
             raise SettingsError("TRACKER_ALERT_WEBHOOK_SECRET is required when TRACKER_ALERT_WEBHOOK_URL is set")
         if self.alert_webhook_secret and not self.alert_webhook_secret.startswith("whsec_"):

@@ -259,7 +259,8 @@ class Applier:
                 planned = plan(customer, event.signal, now, self.rules, actor=actor or event.provider,
                                event_id=row.id,
                                unknown_status=event.signal.provider_status if event.unknown_status else None,
-                               cause=f"event:{event.event_id or event.fingerprint[:16]}")
+                               cause=f"event:{event.event_id or event.fingerprint[:16]}",
+                               received_at=row.received_at)
             except Exception as exc:  # a bug must not lose the event: keep it, try it again later
                 log.exception("processing stored event %s failed", row.id)
                 batch.marks.append(_error(row, customer.id, f"processing failed: {type(exc).__name__}: {exc}", now))

@@ -30,6 +30,7 @@ from tracker.providers.base import (
     json_body,
     status_error,
     transport_error,
+    unix_time,
 )
 
 NAME = "blaaiz"
@@ -97,20 +98,22 @@ def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """Blaaiz timestamps: ISO 8601 with or without zone (UTC assumed), or unix seconds."""
+    """Blaaiz timestamps: ISO 8601 with or without zone (UTC assumed), or unix seconds; None when absent.
+    Raises ValueError for a value that is present but is no time: ordering by it is impossible, and treating
+    it as absent would skip the stale check."""
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        return unix_time(value)
     if not isinstance(value, str):
-        return None
+        raise ValueError(f"{type(value).__name__} is not a time")
     text = value.strip().replace(" ", "T", 1)
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        return None
+        raise ValueError(f"{value[:40]!r} is not an ISO 8601 time") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -158,11 +161,15 @@ def parse(payload: Any) -> ParsedEvent:
     status = status.strip().upper()
     comment = payload.get("comment")
     known = status in STATUS_TRIGGERS
+    try:
+        provider_time = parse_time(payload.get("updated_at"))
+    except ValueError as exc:
+        raise ParseError(f"updated_at cannot be read: {exc}") from None
     signal = Signal(
         trigger=STATUS_TRIGGERS.get(status),
         source=Source.WEBHOOK,
         provider_status=status,
-        provider_time=parse_time(payload.get("updated_at")),
+        provider_time=provider_time,
         comment=comment if isinstance(comment, str) else None,
     )
     return ParsedEvent(NAME, event_type, event_id_text, print_, str(customer_id), None, signal,
@@ -188,8 +195,12 @@ def map_status(customer: Mapping[str, Any]) -> StatusReport:
         if customer.get("type") == "business" and not comments:
             # PROVIDERS.md: a rejected business with no admin comments is itself a case for Blaaiz support.
             flags = ("rejected_without_comments",)
+    try:
+        provider_time = parse_time(customer.get("updated_at"))
+    except ValueError:  # the status read is still the provider's word; only the stale check goes without it
+        provider_time = None
     signal = Signal(trigger=STATUS_TRIGGERS.get(status), source=Source.POLL, provider_status=status,
-                    provider_time=parse_time(customer.get("updated_at")), comment=comment)
+                    provider_time=provider_time, comment=comment)
     return StatusReport(str(customer.get("id", "")), status, signal, unknown=not known, flags=flags,
                         detail={"type": customer.get("type")})
 

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,6 +30,7 @@ from tracker.providers.base import (
     json_body,
     status_error,
     transport_error,
+    unix_time,
 )
 
 NAME = "cryptopocket"
@@ -113,8 +114,10 @@ def parse(payload: Any) -> ParsedEvent:
     raw, signal, unknown = map_kyc_status(data.get("kyc_status"), Source.WEBHOOK)
     when = data.get("timestamp") or payload.get("timestamp")
     if isinstance(when, int | float) and not isinstance(when, bool):
-        signal = Signal(signal.trigger, signal.source, signal.provider_status,
-                        datetime.fromtimestamp(when, UTC), signal.comment)
+        try:
+            signal = Signal(signal.trigger, signal.source, signal.provider_status, unix_time(when), signal.comment)
+        except ValueError as exc:
+            raise ParseError(f"timestamp cannot be read: {exc}") from None
     event_id = payload.get("event_id") or payload.get("id")
     content = [NAME, str(user_id), raw, when]
     return ParsedEvent(NAME, str(payload.get("event") or payload.get("type") or "kyc"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from tracker.domain.escalation import EscalationPolicy, Tier, next_deadline
@@ -25,6 +25,7 @@ SNAPSHOT_FIELDS = ("state", "version", "pending_since", "decided_at", "last_prov
 OUTCOMES = {Outcome.APPLIED: "applied", Outcome.NOOP: "no_change", Outcome.NO_TRIGGER: "no_change",
             Outcome.REFUSED: "refused", Outcome.CONFLICT: "conflict", Outcome.STALE: "stale"}
 PROVIDER_SOURCES = frozenset({Source.WEBHOOK, Source.POLL})
+FUTURE_TIME = "future_provider_time"  # the flag of a customer sent a provider time far ahead of the clock
 # The customers' columns ``Customer.of`` reads.
 CUSTOMER_COLUMNS = ("id", "provider", "provider_customer_id", "customer_type", *SNAPSHOT_FIELDS, "tier", "flags",
                     "reference", "last_signal_at", "last_polled_at")
@@ -87,6 +88,9 @@ class Rules:
 
     escalation: EscalationPolicy | None = None
     polling: PollPolicy | None = None
+    # A provider time further ahead of the tracker's clock than this is not trusted for ordering: one event
+    # dated in the far future would otherwise make every later real event stale, and freeze the customer.
+    clock_skew: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,23 @@ class Plan:
 
 def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, actor: str,
          event_id: int | None = None, unknown_status: str | None = None, cause: str | None = None,
-         flags: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None) -> Plan:
+         flags: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None,
+         received_at: datetime | None = None) -> Plan:
     """Plan ``signal`` for ``customer`` at ``now``. ``unknown_status``: a value the provider does not document
     (flagged and alerted once per customer and value). ``cause`` tells one contradiction of a verified customer
     from another (its alert's key). ``flags``: flags the signal raises on the customer. ``extra``: further
-    columns the caller writes with it (poll bookkeeping)."""
+    columns the caller writes with it (poll bookkeeping). ``received_at``: when the signal reached the tracker
+    (by default ``now``); a provider time more than ``rules.clock_skew`` after it is ordered as if sent then,
+    and flagged ``future_provider_time`` on the customer and in the outcome's reason (the history row keeps
+    the time as sent)."""
+    notes: list[str] = []
+    sent = signal
+    received = received_at or now
+    if signal.provider_time is not None and signal.provider_time - received > rules.clock_skew:
+        notes.append(f"{FUTURE_TIME}: the provider dated it {signal.provider_time.isoformat()}, more than "
+                     f"{rules.clock_skew} after its receipt; ordered by its receipt time")
+        flags = (*flags, FUTURE_TIME)
+        signal = replace(signal, provider_time=received)
     decision = decide(customer.snapshot, signal, now)
     values: dict[str, Any] = {}
     after = customer
@@ -136,7 +152,6 @@ def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, act
         after = replace(after, tier=follow.get("tier", after.tier),
                         last_signal_at=follow.get("last_signal_at", after.last_signal_at))
     alerts: list[NewAlert] = []
-    notes: list[str] = []
     if decision.outcome is Outcome.CONFLICT:
         alerts.append(conflict_alert(after, signal, cause or f"{signal.source.value}:{now.isoformat()}"))
     if unknown_status is not None:
@@ -161,7 +176,7 @@ def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, act
         history = {"customer_id": customer.id, "from_state": decision.before.state.value,
                    "to_state": decision.after.state.value, "trigger": signal.trigger.value,
                    "source": signal.source.value, "event_id": event_id, "provider_status": signal.provider_status,
-                   "provider_time": signal.provider_time, "recorded_at": now, "actor": actor,
+                   "provider_time": sent.provider_time, "recorded_at": now, "actor": actor,
                    "comment": signal.comment, "version": decision.after.version}
         change = {"customer_id": customer.id, "provider": customer.provider, "from": decision.before.state.value,
                   "to": decision.after.state.value, "trigger": signal.trigger.value, "source": signal.source.value,

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from tracker import alerts
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import authorize, path_id
+from tracker.web.requests import MAX_ID, authorize, path_id
 from tracker.web.responses import iso, json_response
 
 STATES = ("open", "acknowledged", "resolved")
@@ -48,6 +48,8 @@ async def list_alerts(request: Request) -> Response:
         raise TrackerError("limit and before must be whole numbers") from None
     if not 1 <= limit <= 500:
         raise TrackerError("limit must be between 1 and 500")
+    if before is not None and not 1 <= before <= MAX_ID:
+        raise TrackerError(f"before must be an alert id, between 1 and {MAX_ID}")
     container = request.app.state.container
     items = await run_in_threadpool(_list, container.engine, state, limit, before)
     return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 from tracker.domain.lifecycle import PROVIDERS, State
 from tracker.durations import parse_duration
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import authorize, authorize_header, path_id, read_json
+from tracker.web.requests import authorize, authorize_header, checked_id, path_id, read_json
 from tracker.web.responses import (
     customer_etag,
     customer_json,
@@ -99,7 +99,8 @@ class CustomerEndpoint:
             if name in (b"authorization", b"if-none-match") and name not in wanted:  # the first, as Headers.get
                 wanted[name] = value.decode("latin-1")
         await authorize_header(container.api_keys, wanted.get(b"authorization", ""), "read")
-        etag, body = await read_customer(container, scope["path_params"]["id"], wanted.get(b"if-none-match"))
+        etag, body = await read_customer(container, checked_id(scope["path_params"]["id"], "customer"),
+                                         wanted.get(b"if-none-match"))
         headers = [(b"etag", etag.encode("latin-1"))]
         if body is None:
             await send({"type": "http.response.start", "status": 304, "headers": headers})

@@ -6,11 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from tracker.apikeys import ApiKeys, Principal
-from tracker.errors import Forbidden, TrackerError, Unauthorized
+from tracker.errors import Forbidden, NotFound, TrackerError, Unauthorized
 from tracker.settings import MAX_WEBHOOK_BODY
 
 
@@ -55,13 +56,31 @@ async def read_json(request: Request) -> dict[str, Any]:
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     body = await read_body(request)
     try:
-        data = json.loads(body) if body else None
-        require_text(data)
+        data = decode_json(body) if body else None
     except ValueError as exc:
         raise TrackerError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise TrackerError("the body must be a JSON object", code="invalid_json")
     return data
+
+
+def decode_json(body: bytes) -> Any:
+    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN, UTF-16),
+    and for the message that explains a body that is not JSON at all. Raises ValueError with the reason, also
+    for a body nested too deeply for either (a 400, not a RecursionError's 500).
+
+    An escaped lone surrogate (``"\\ud800"``) is valid JSON to the standard library, but no text column can
+    store it: such a body is refused too."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        payload = json.loads(body)
+        require_text(payload)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    return payload
 
 
 def require_text(data: Any) -> None:
@@ -120,7 +139,17 @@ async def _authenticate(keys: ApiKeys, token: str) -> Principal | None:
     return await asyncio.shield(task)
 
 
-def path_id(request: Request, name: str = "id") -> int:
-    value = request.path_params[name]
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers on both databases
+
+
+def checked_id(value: Any, what: str = "id") -> int:
+    """An id from a path: larger than any id can be is simply not found (404), on SQLite as on PostgreSQL,
+    never a database overflow (500)."""
     assert isinstance(value, int)
+    if value > MAX_ID:
+        raise NotFound(f"no such {what}: ids are at most {MAX_ID}")
     return value
+
+
+def path_id(request: Request, name: str = "id") -> int:
+    return checked_id(request.path_params[name])

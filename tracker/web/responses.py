@@ -131,4 +131,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     padded = cursor + "=" * (-len(cursor) % 4)
     text = base64.urlsafe_b64decode(padded.encode()).decode()
     stamp, _, ident = text.partition("|")
-    return datetime.fromisoformat(stamp), int(ident)
+    last = int(ident)
+    if not 0 < last < 2**63:
+        raise ValueError("the cursor's id is out of range")
+    return datetime.fromisoformat(stamp), last

@@ -10,7 +10,6 @@ provider retries. Nothing here reads or writes customers.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tracker.errors import DatabaseUnavailable, TrackerError
 from tracker.inbox.store import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
 from tracker.settings import Settings
-from tracker.web.requests import is_json, read_body, require_text
+from tracker.web.requests import decode_json, is_json, read_body
 from tracker.web.responses import Reply, dumps, error, error_reply
 
 _EMAIL_IN_RAW = re.compile(rb'"customer_email"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -71,20 +70,6 @@ def receivers(settings: Settings) -> dict[str, Receiver]:
     }
 
 
-def _decode(body: bytes) -> Any:
-    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN, UTF-16),
-    and for the message that explains a body that is not JSON at all. Raises ValueError with the reason.
-
-    An escaped lone surrogate (``"\\ud800"``) is valid JSON to the standard library, but no text column can
-    store it: such a body is refused as unreadable (400, stored raw as ``rejected``), not a 500."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        payload = json.loads(body)
-    require_text(payload)
-    return payload
-
-
 def _encode(payload: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(payload)
@@ -111,16 +96,18 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
     problem: str | None = None
     stored: bytes | None = None
     try:
-        payload: Any = _decode(body)
+        payload: Any = decode_json(body)
     except ValueError as exc:
         problem = f"the body is not valid JSON: {exc}"
     else:
-        if isinstance(payload, dict):
-            stored = _encode(receiver.scrub(payload))
         try:
+            if isinstance(payload, dict):
+                stored = _encode(receiver.scrub(payload))
             parsed = receiver.parse(payload)
         except ParseError as exc:
             problem = str(exc)
+        except RecursionError:  # decodable, but too deep to write back or to fingerprint: no provider sends it
+            stored, parsed, problem = None, None, "the body is nested too deeply"
     if stored is None:  # not a JSON object: keep the raw body, without an e-mail address it may carry
         stored = _EMAIL_IN_RAW.sub(b'"customer_email":null', body)
     delivery = Delivery(provider, now, stored, kept, parsed, problem)
