@@ -1,4 +1,4 @@
-"""The ``tracker`` command: serve, worker, db upgrade, keys create, replay."""
+"""The ``tracker`` command: serve, worker, db upgrade, keys create / list / revoke, alerts, replay."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TextIO
 
 from tracker.errors import SettingsError, TrackerError
@@ -101,6 +102,43 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     print(f"Created API key {args.name!r} with scope {args.scope}. It is shown once; store it now:")
     print(key)
     return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from tracker.apikeys import ApiKeys
+    from tracker.bootstrap import database
+    from tracker.clock import SystemClock
+
+    engine = database(_settings())
+    try:
+        keys = ApiKeys(engine, SystemClock()).listing(revoked=args.all)
+    finally:
+        engine.dispose()
+    print(f"{'name':<24} {'scope':<6} {'prefix':<9} {'created':<20} {'last used':<20} revoked")
+    for key in keys:
+        print(f"{key.name:<24} {key.scope:<6} {key.prefix:<9} {_when(key.created_at):<20} "
+              f"{_when(key.last_used_at):<20} {_when(key.revoked_at) if key.revoked_at else '-'}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from tracker.apikeys import ApiKeys
+    from tracker.bootstrap import database
+    from tracker.clock import SystemClock
+
+    settings = _settings()
+    engine = database(settings)
+    try:
+        key = ApiKeys(engine, SystemClock()).revoke(args.name)
+    finally:
+        engine.dispose()
+    print(f"revoked key {key.name!r} ({key.scope}, trk_{key.prefix}_...); running processes refuse it within "
+          f"{int(settings.api_key_cache_ttl.total_seconds())} s (TRACKER_API_KEY_CACHE_TTL)")
+    return 0
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "never"
 
 
 def progress(done: int, total: int, started: float, out: TextIO) -> None:
@@ -200,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--scope", required=True, choices=["read", "write", "admin"])
     create.set_defaults(func=cmd_keys_create)
+    keys_list = keys_sub.add_parser("list", help="name, scope, created, last used (never the key)")
+    keys_list.add_argument("--all", action="store_true", help="revoked keys too")
+    keys_list.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke the live key of that name")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

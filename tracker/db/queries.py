@@ -159,6 +159,22 @@ def api_key_by_prefix(conn: Connection, prefix: str) -> Row[Any] | None:
     ).first()
 
 
+def live_api_key_named(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))).first()
+
+
+def api_keys_listed(conn: Connection, *, revoked: bool) -> list[Row[Any]]:
+    """Keys without their hash, oldest first; revoked ones too when ``revoked``."""
+    query = select(*(c for c in api_keys.c if c.name != "key_hash")).order_by(api_keys.c.id)
+    if not revoked:
+        query = query.where(api_keys.c.revoked_at.is_(None))
+    return list(conn.execute(query))
+
+
+def set_api_key(conn: Connection, key_id: int, **values: Any) -> None:
+    conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
+
+
 def events_to_replay(conn: Connection, *, provider: str | None, outcomes: Sequence[str] | None,
                      after_id: int, limit: int) -> list[int]:
     query = select(inbound_events.c.id).where(inbound_events.c.id > after_id)

@@ -238,7 +238,13 @@ class Upload(SQLModel, table=True):
 
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
-    __table_args__ = (Index("uq_api_keys_prefix", "prefix", unique=True),)
+    __table_args__ = (
+        Index("uq_api_keys_prefix", "prefix", unique=True),
+        # A name says which client holds a key: two live keys of one name could not be told apart (or revoked
+        # one at a time). A revoked key's name may be used again.
+        Index("uq_api_keys_live_name", "name", unique=True, sqlite_where=text("revoked_at IS NULL"),
+              postgresql_where=text("revoked_at IS NULL")),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(128), nullable=False))
@@ -247,6 +253,7 @@ class ApiKey(SQLModel, table=True):
     scope: str = Field(sa_column=Column(String(16), nullable=False))
     created_at: datetime = Field(sa_column=_ts(nullable=False))
     revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts())  # when a lookup last verified it
 
 
 customers: Table = Customer.__table__  # type: ignore[attr-defined]
