@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, or_, select
 
-from tracker.db.statements import update_by_key
+from tracker.db.statements import equal_to, update_by_key
 from tracker.db.tables import inbound_events
 from tracker.db.types import driver_values, time_columns
 
@@ -164,3 +164,16 @@ _MARKED = ("outcome", "reason", "customer_id", "processed_at", "attempts", "retr
 def mark(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
     """Record each applied row's outcome (``_id``, and the ``_MARKED`` columns by name), in one statement."""
     update_by_key(conn, inbound_events, _MARKED, ("id",), outcomes)
+
+
+_LISTED = tuple(c for c in inbound_events.c if c.name not in ("body", "headers", "fingerprint", "retry_at"))
+
+
+def page(conn: Connection, *, provider: str | None, outcome: str | None, customer_id: int | None,
+         before: int | None, limit: int) -> list[Row[Any]]:
+    """Stored events, newest first, without their bodies or headers (what an operator lists)."""
+    query = equal_to(select(*_LISTED), inbound_events, provider=provider, outcome=outcome, customer_id=customer_id)
+    query = query.order_by(inbound_events.c.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(inbound_events.c.id < before)
+    return list(conn.execute(query))

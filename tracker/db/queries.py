@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, and_, func, select, tuple_, update
 
-from tracker.db.statements import claim_leased, dialect_insert, unleased, update_by_key
+from tracker.db.statements import claim_leased, dialect_insert, equal_to, unleased, update_by_key
 from tracker.db.tables import (
     api_keys,
     customers,
@@ -82,17 +82,8 @@ def list_customers(conn: Connection, *, provider: str | None = None, state: str 
                    provider_customer_id: str | None = None, pending_before: datetime | None = None,
                    after: tuple[datetime, int] | None = None, limit: int = 50) -> list[Row[Any]]:
     """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page."""
-    query = select(customers)
-    if provider is not None:
-        query = query.where(customers.c.provider == provider)
-    if state is not None:
-        query = query.where(customers.c.state == state)
-    if tier is not None:
-        query = query.where(customers.c.tier == tier)
-    if reference is not None:
-        query = query.where(customers.c.reference == reference)
-    if provider_customer_id is not None:
-        query = query.where(customers.c.provider_customer_id == provider_customer_id)
+    query = equal_to(select(customers), customers, provider=provider, state=state, tier=tier, reference=reference,
+                     provider_customer_id=provider_customer_id)
     if pending_before is not None:
         query = query.where(customers.c.state == State.PENDING.value, customers.c.pending_since <= pending_before)
     if after is not None:

@@ -52,6 +52,14 @@ def claim_leased(conn: Connection, table: Table, due: Sequence[Any], order: Sequ
     return rows
 
 
+def equal_to(query: Any, table: Table, **filters: Any) -> Any:
+    """``query`` narrowed to the rows whose columns equal the filters given (None: that filter is not given)."""
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(table.c[name] == value)
+    return query
+
+
 def unleased(until: Any, now: datetime) -> Any:
     return or_(until.is_(None), until < now)
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from tracker.errors import TrackerError
-from tracker.web import alerts_api, api, openapi, ops, webhooks
+from tracker.web import alerts_api, api, events_api, openapi, ops, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -42,6 +42,8 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/v1/alerts/{id:int}/acknowledge", "POST", alerts_api.acknowledge_alert,
      "Acknowledge an alert (stops critical repeats)", "admin"),
     ("/v1/summary", "GET", api.summary, "Counts by provider, state and tier; oldest pending age", "read"),
+    ("/v1/events", "GET", events_api.list_events,
+     "Stored inbound events with their outcome and reason, newest first (no bodies)", "events"),
     ("/v1/events/{id:int}/replay", "POST", api.replay_event, "Run a stored event through the current code",
      "admin"),
     ("/healthz", "GET", ops.healthz, "Liveness", None),

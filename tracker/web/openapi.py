@@ -106,6 +106,21 @@ def customer_ops() -> dict[str, Any]:
                                                  "next_cursor": {"type": ["string", "null"]}}})},
                 "304": {"description": "Not modified"}, **_errors(400, 401, 403)}},
         "read": {**secured, "responses": {"200": {"description": "OK"}, **_errors(401, 403, 404)}},
+        "events": {**secured, "parameters": [
+            {"name": "provider", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["blaaiz", "connectfi", "cryptopocket"]}},
+            {"name": "outcome", "in": "query", "required": False, "schema": {"type": "string", "enum": [
+                "received", "applied", "no_change", "stale", "conflict", "refused", "error", "ignored", "rejected",
+                "duplicate"]}},
+            {"name": "customer_id", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "A page of stored events, newest first (no bodies)", **_json({
+                "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}},
+                                                 "next_cursor": {"type": ["string", "null"]}}})},
+                **_errors(400, 401, 403)}},
         "admin": {**secured, "responses": {"200": {"description": "OK"}, **_errors(401, 403, 404)}},
         "webhook": {"requestBody": _json({"type": "object"}), "responses": {
             "200": {"description": "Stored", **_json({"$ref": "#/components/schemas/WebhookAnswer"})},

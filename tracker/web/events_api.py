@@ -1,0 +1,81 @@
+"""GET /v1/events: the stored inbound events with their outcome and reason, for an operator (never the body,
+which is what the provider sent, personal fields removed, and is kept for replays only)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tracker.domain.lifecycle import PROVIDERS
+from tracker.errors import TrackerError
+from tracker.inbox import listing
+from tracker.web.requests import MAX_ID, authorize
+from tracker.web.responses import iso, json_response
+
+MAX_LIMIT = 500
+PARAMETERS = frozenset({"provider", "outcome", "customer_id", "limit", "cursor"})
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "provider": row["provider"], "event_id": row["event_id"], "event_type": row["event_type"],
+        "provider_customer_id": row["provider_customer_id"], "customer_id": row["customer_id"],
+        "provider_status": row["provider_status"], "provider_time": iso(row["provider_time"]),
+        "received_at": iso(row["received_at"]), "processed_at": iso(row["processed_at"]),
+        "outcome": row["outcome"], "reason": row["reason"], "attempts": row["attempts"],
+        "duplicate_of": row["duplicate_of"],
+    }
+
+
+def _cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{event_id}".encode()).decode().rstrip("=")
+
+
+def _before(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+        value = int(text[1:]) if text.startswith("e") else 0
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = 0
+    if not 0 < value <= MAX_ID:
+        raise TrackerError("cursor is not one this service gave out; start again without it")
+    return value
+
+
+def _whole(params: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TrackerError(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise TrackerError(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def list_events(request: Request) -> Response:
+    await authorize(request, "read")
+    params = request.query_params
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise TrackerError(f"unknown parameter {unknown[0]!r}; this list takes {', '.join(sorted(PARAMETERS))}")
+    provider, outcome = params.get("provider"), params.get("outcome")
+    if provider is not None and provider not in PROVIDERS:
+        raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
+    if outcome is not None and outcome not in listing.OUTCOMES:
+        raise TrackerError(f"outcome must be one of {', '.join(listing.OUTCOMES)}")
+    customer_id = _whole(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    limit = _whole(params, "limit", 50, 1, MAX_LIMIT)
+    before = _before(params["cursor"]) if "cursor" in params else None
+    rows = await run_in_threadpool(listing.page, request.app.state.container.engine, provider=provider,
+                                   outcome=outcome, customer_id=customer_id, before=before, limit=limit + 1)
+    page, more = rows[:limit], len(rows) > limit
+    return json_response({"items": [event_json(row) for row in page],
+                          "next_cursor": _cursor(page[-1]["id"]) if more else None})
