@@ -71,7 +71,7 @@ def test_cli_lists_and_revokes_keys_without_showing_them(database_url: str) -> N
     assert listed.returncode == 0, listed.stderr
     assert "dashboard" in listed.stdout
     assert key not in listed.stdout
-    assert key.split("_")[2] not in listed.stdout  # the secret part, never
+    assert key.split("_", 2)[2] not in listed.stdout  # the secret part, never
     revoked = run(["keys", "revoke", "dashboard"], database_url)
     assert revoked.returncode == 0, revoked.stderr
     assert "revoked key 'dashboard'" in revoked.stdout
