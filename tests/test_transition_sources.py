@@ -188,3 +188,38 @@ async def test_a_new_attempt_gets_a_new_clock_from_every_source(tracked, clock, 
     assert found["customer"][:7] == ("pending", "none", found["customer"][2], "overdue", None, 1, 2)
     assert (found["pending"], found["deadline"]) == (timedelta(0), timedelta(hours=2))
     assert found["alerts"] == [("overdue", "resolved")]  # the old attempt's; the new one has none yet
+
+
+async def operator_by_api(container: Container, http: httpx.AsyncClient, cid: int) -> None:
+    admin = {"authorization": f"Bearer {container.api_keys.create('ops-ana', 'admin')}"}
+    answer = await http.post(f"/v1/customers/{cid}/state", headers=admin, json={"state": "rejected", "reason": REASON})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "rejected"
+
+
+async def operator_by_cli(container: Container, http: httpx.AsyncClient, cid: int) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRACKER_DATABASE_URL", container.settings.database_url)
+        assert cli.main(["customers", "set-state", str(cid), "rejected", "--reason", REASON, "--by", "ops-ana"]) == 0
+
+
+@pytest.mark.parametrize("operator", [operator_by_api, operator_by_cli], ids=["api", "cli"])
+async def test_an_operator_rejection_has_the_same_effects_with_its_own_trigger(tracked, clock, sim,
+                                                                             operator) -> None:
+    """The operator's override goes through the same plan and writer: history row (source operator, who and
+    why), tier and deadline cleared, alert resolved and announced. Unlike the provider's, it is not counted
+    towards the provider's rejections."""
+    container, http = tracked
+    cid = await escalated(container, http, clock, sim, writer(container))
+    await operator(container, http, cid)
+    assert effects(container, cid) | {"pending": None, "deadline": None} == {
+        "move": ("pending", "rejected", "operator_set", REASON),
+        "customer": ("rejected", "none", None, None, REASON, 0, 1, None),
+        "pending": None, "deadline": None,
+        "alerts": [("overdue", "resolved")], "notices": ["trigger", "resolve"],
+    }
+    with container.engine.connect() as conn:
+        last = conn.execute(select(history).where(history.c.customer_id == cid).order_by(history.c.id.desc())
+                            ).first()
+    assert last is not None
+    assert (last.source, last.actor) == ("operator", "ops-ana")

@@ -137,6 +137,24 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_customers_set_state(args: argparse.Namespace) -> int:
+    """The operator's override, by the same path as ``POST /v1/customers/{id}/state``."""
+    from tracker.bootstrap import build
+
+    settings = _settings()
+    _logging(settings)
+    container = build(settings)
+    try:
+        result = container.customers.set_state(args.id, args.state, args.reason, args.by)
+    finally:
+        container.engine.dispose()
+    row = result.row
+    print(f"customer {row.id} ({row.provider} {row.provider_customer_id}) is {row.state}, version {row.version}")
+    for warning in result.warnings:
+        print(f"note: {warning}")
+    return 0
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "never"
 
@@ -244,6 +262,15 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke the live key of that name")
     revoke.add_argument("name")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    customers = sub.add_parser("customers", help="customers: operator actions")
+    customers_sub = customers.add_subparsers(dest="customers_command", required=True)
+    set_state = customers_sub.add_parser("set-state", help="set a customer's state by hand (kept in its history)")
+    set_state.add_argument("id", type=int)
+    set_state.add_argument("state", choices=["awaiting_documents", "pending", "needs_action", "verified", "rejected"])
+    set_state.add_argument("--reason", required=True, help="why (kept in the history)")
+    set_state.add_argument("--by", required=True, help="who sets it (kept in the history)")
+    set_state.set_defaults(func=cmd_customers_set_state)
 
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

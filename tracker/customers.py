@@ -35,6 +35,7 @@ CRYPTOPOCKET_DOCUMENT_TYPES = (
 )
 BUSINESS_SLOT_FLAG = "business_upload_via_individual_slot"
 REJECTIONS_BEFORE_WARNING = 2
+MAX_REASON = 500
 UNKNOWN_TYPE = ("this customer was discovered by webhook and its type is unknown; register it with "
                 "POST /v1/customers (customer_type individual or business) first")
 _ID_TEXT = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -167,6 +168,27 @@ class Customers:
             row = self._lock(conn, row.id)
         self.writes.published(changes)
         return CustomerResult(row, warnings=warnings)
+
+    def set_state(self, customer_id: int, state: Any, reason: Any, actor: str) -> CustomerResult:
+        """An operator's override: the customer moves to ``state`` from wherever it is (verified included),
+        through the same plan and writer as every other move; the history row says ``operator``, who and why."""
+        states = [s.value for s in State]
+        if not isinstance(state, str) or state not in states:
+            raise Invalid(f"state must be one of {', '.join(states)}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise Invalid("reason is required: say why the state is set by hand (it is kept in the history)")
+        if len(reason) > MAX_REASON:
+            raise Invalid(f"reason is at most {MAX_REASON} characters")
+        if not actor.strip():
+            raise Invalid("say who sets the state (kept in the history)")
+        now = self.clock.now()
+        signal = Signal(Trigger.OPERATOR_SET, Source.OPERATOR, comment=reason.strip(), target=State(state))
+        with self._begin() as conn:
+            row = self._lock(conn, customer_id)
+            changes = self._apply(conn, row, signal, now, actor.strip()[:64])
+            row = self._lock(conn, row.id)
+        self.writes.published(changes)
+        return CustomerResult(row, warnings=[] if changes else [f"the customer is already {state}; nothing changed"])
 
     # -- reads --------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class Trigger(StrEnum):
     PROVIDER_REJECTED = "provider_rejected"
     PROVIDER_REQUESTED_MORE = "provider_requested_more"
     PROVIDER_REVIEWING = "provider_reviewing"
+    OPERATOR_SET = "operator_set"  # a person sets the state by hand (``Signal.target``), from any state
 
 
 class Source(StrEnum):
@@ -102,6 +103,7 @@ class Signal:
     provider_status: str | None = None
     provider_time: datetime | None = None
     comment: str | None = None
+    target: State | None = None  # where ``OPERATOR_SET`` points
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,13 @@ def decide(snapshot: Snapshot, signal: Signal, now: datetime) -> Decision:
     trigger = signal.trigger
     if trigger is None:
         return _observed(Outcome.NO_TRIGGER, snapshot, status, seen_at, "the signal does not move the lifecycle")
+    if trigger is T.OPERATOR_SET:
+        # A person's word: any state to any other, a final one included (that is what the override is for).
+        if signal.target is None:
+            raise ValueError("an operator_set signal needs a target state")
+        if snapshot.state == signal.target:
+            return _observed(Outcome.NOOP, snapshot, status, seen_at, f"already {signal.target.value}")
+        return _moved(snapshot, signal, signal.target, status, seen_at, now)
     target = TARGET[trigger]
     if snapshot.state in FINAL and target != snapshot.state:
         # The provider contradicts a final decision: keep the state (and its raw status), flag it.
@@ -163,6 +172,14 @@ def decide(snapshot: Snapshot, signal: Signal, now: datetime) -> Decision:
     if new_state is None:
         return _observed(Outcome.REFUSED, snapshot, status, seen_at,
                          f"{trigger.value} is not allowed from {snapshot.state.value}")
+    return _moved(snapshot, signal, new_state, status, seen_at, now)
+
+
+def _moved(snapshot: Snapshot, signal: Signal, new_state: State, status: str | None, seen_at: datetime | None,
+           now: datetime) -> Decision:
+    """A move to ``new_state`` and what entering it resets. A rejection by an operator is not the provider's:
+    it does not count towards the provider's rejections (Blaaiz's blacklisting warning)."""
+    assert signal.trigger is not None
     pending_since: datetime | None = None
     decided_at, attempts, rejections = snapshot.decided_at, snapshot.attempts, snapshot.rejections
     rejection_reason = snapshot.rejection_reason
@@ -171,12 +188,15 @@ def decide(snapshot: Snapshot, signal: Signal, now: datetime) -> Decision:
     elif new_state is S.VERIFIED:
         decided_at, rejection_reason = now, None
     elif new_state is S.REJECTED:
-        decided_at, rejection_reason, rejections = now, signal.comment, rejections + 1
+        decided_at, rejection_reason = now, signal.comment
+        rejections += 0 if signal.trigger is T.OPERATOR_SET else 1
+    elif new_state is S.AWAITING_DOCUMENTS:
+        decided_at, rejection_reason = None, None
     after = Snapshot(state=new_state, version=snapshot.version + 1, pending_since=pending_since,
                      decided_at=decided_at, last_provider_time=seen_at, attempts=attempts, rejections=rejections,
                      rejection_reason=rejection_reason, provider_status=status)
     return Decision(Outcome.APPLIED, snapshot, after,
-                    f"{trigger.value}: {snapshot.state.value} -> {new_state.value}")
+                    f"{signal.trigger.value}: {snapshot.state.value} -> {new_state.value}")
 
 
 def _observed(outcome: Outcome, snapshot: Snapshot, status: str | None, seen_at: datetime | None,

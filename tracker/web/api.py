@@ -63,6 +63,17 @@ async def report_upload(request: Request) -> Response:
     return _customer_answer(request, result.row, warnings=result.warnings)
 
 
+async def set_state(request: Request) -> Response:
+    principal = await authorize(request, "admin")
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"state", "reason"})
+    if unknown:
+        raise TrackerError(f"unknown field {unknown[0]!r}; send state and reason")
+    result = await run_in_threadpool(_customers(request).set_state, path_id(request), body.get("state"),
+                                     body.get("reason"), principal.name)
+    return _customer_answer(request, result.row, warnings=result.warnings)
+
+
 async def submit(request: Request) -> Response:
     await authorize(request, "write")
     result = await run_in_threadpool(_customers(request).submit, path_id(request))

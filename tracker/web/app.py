@@ -35,6 +35,8 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/v1/customers/{id:int}", "GET", api.get_customer, "One customer (ETag, 304)", "get"),
     ("/v1/customers/{id:int}/uploads", "POST", api.report_upload, "Report an upload", "upload"),
     ("/v1/customers/{id:int}/submit", "POST", api.submit, "Submit for review (Blaaiz)", "submit"),
+    ("/v1/customers/{id:int}/state", "POST", api.set_state,
+     "Set the state by hand (admin; kept in the history with who and why)", "set_state"),
     ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
      "read"),
     ("/v1/alerts", "GET", alerts_api.list_alerts, "Alerts, newest first (?state=open|acknowledged|resolved)",

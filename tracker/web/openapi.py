@@ -95,6 +95,13 @@ def customer_ops() -> dict[str, Any]:
                                  **_errors(400, 401, 403, 404, 409, 415, 422)}},
         "submit": {**secured, "responses": {"200": {"description": "The customer, now pending", **_json(CUSTOMER)},
                                             **_errors(401, 403, 404, 409, 422)}},
+        "set_state": {**secured, "requestBody": _json({
+            "type": "object", "required": ["state", "reason"], "additionalProperties": False, "properties": {
+                "state": {"type": "string", "enum": ["awaiting_documents", "pending", "needs_action", "verified",
+                                                     "rejected"]},
+                "reason": {"type": "string", "minLength": 1, "maxLength": 500}}}),
+            "responses": {"200": {"description": "The customer, in its new state", **_json(CUSTOMER)},
+                          **_errors(400, 401, 403, 404, 409, 422)}},
         "get": {**secured, "responses": {"200": {"description": "The customer (ETag)", **_json(CUSTOMER)},
                                          "304": {"description": "Not modified"}, **_errors(401, 403, 404)}},
         "list": {**secured, "parameters": [
