@@ -432,3 +432,27 @@ async def test_a_customer_that_fails_is_rolled_back_alone_and_retried_after_its_
         await container.poller.drain()
         await container.http.aclose()
         container.engine.dispose()
+
+
+async def test_the_customer_record_says_when_its_next_tier_is_due(app, clock, pocket) -> None:
+    """``next_tier`` / ``next_tier_at`` in the API's customer: overdue at 2 h, then critical at 5 h, then none;
+    the ETag moves with them (each step raises the tier)."""
+    cid = await make_pending(app, pocket, "usr_next")
+    key = {"authorization": f"Bearer {app.api_keys.create('reader', 'read')}"}
+    async with httpx.AsyncClient(transport=AppliedTransport(create_app(app), app), base_url="http://t") as http:
+        async def shown() -> tuple[str | None, str | None, str]:
+            response = await http.get(f"/v1/customers/{cid}", headers=key)
+            body = response.json()
+            return body["next_tier"], body["next_tier_at"], response.headers["etag"]
+
+        t0 = customer(app, cid).pending_since
+        first = await shown()
+        assert first[:2] == ("overdue", (t0 + timedelta(hours=2)).isoformat().replace("+00:00", "Z"))
+        clock.set(t0 + timedelta(hours=2))
+        await sweep(app)
+        second = await shown()
+        assert second[:2] == ("critical", (t0 + timedelta(hours=5)).isoformat().replace("+00:00", "Z"))
+        assert second[2] != first[2]
+        clock.set(t0 + timedelta(hours=5))
+        await sweep(app)
+        assert (await shown())[:2] == (None, None)

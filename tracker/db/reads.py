@@ -55,7 +55,7 @@ from tracker.domain.lifecycle import PROVIDERS, State
 API_COLUMNS: tuple[str, ...] = (
     "id", "provider", "provider_customer_id", "reference", "application_id", "customer_type", "state",
     "provider_status", "tier", "pending_since", "decided_at", "rejection_reason", "attempts", "rejections",
-    "discovered_by", "flags", "created_at", "updated_at", "version",
+    "discovered_by", "flags", "created_at", "updated_at", "version", "deadline_tier", "deadline_at",
 )
 KEY_COLUMNS: tuple[str, ...] = ("id", "version", "tier")  # what the ETag is made of
 _PENDING = State.PENDING.value

@@ -23,6 +23,8 @@ SCHEMAS: dict[str, Any] = {
                                              "rejected"]},
         "provider_status": {"type": ["string", "null"]},
         "tier": {"type": "string", "enum": ["none", "overdue", "critical"]},
+        "next_tier": {"type": ["string", "null"], "enum": ["overdue", "critical", None]},
+        "next_tier_at": {"type": ["string", "null"], "format": "date-time"},
         "pending_since": {"type": ["string", "null"], "format": "date-time"},
         "pending_seconds": {"type": ["integer", "null"]},
         "decided_at": {"type": ["string", "null"], "format": "date-time"},

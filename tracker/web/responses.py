@@ -84,6 +84,9 @@ def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "state": row["state"],
         "provider_status": row["provider_status"],
         "tier": row["tier"],
+        # The escalation's next deadline: a function of the attempt's start and the tier, which the ETag follows.
+        "next_tier": row["deadline_tier"],
+        "next_tier_at": row["deadline_at"],
         "pending_since": pending_since,
         "pending_seconds": int((now - pending_since).total_seconds()) if pending_since is not None else None,
         "decided_at": row["decided_at"],
