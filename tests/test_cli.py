@@ -54,12 +54,12 @@ def test_the_ticker_does_not_log_every_tick(level: str, expected: str) -> None:
     # APScheduler logs two INFO lines per job per tick; the tracker ticks three jobs a second.
     import logging
 
-    from tracker.cli import _logging
+    from tracker.cli.common import start_logging
     from tracker.settings import Settings
 
     scheduler_log = logging.getLogger("apscheduler")
     try:
-        _logging(Settings.from_env({"TRACKER_LOG_LEVEL": level}))
+        start_logging(Settings.from_env({"TRACKER_LOG_LEVEL": level}))
         assert logging.getLevelName(scheduler_log.level) == expected  # NOTSET: as the root logger says
     finally:
         scheduler_log.setLevel(logging.NOTSET)
@@ -132,3 +132,51 @@ async def test_replay_keeps_the_first_outcome_of_applied_events(client, clock, e
     run(["replay", "--all"], database_url)
     with engine.connect() as conn:
         assert conn.execute(select(inbound_events.c.outcome)).scalar_one() == "applied"
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "tracker.cli", "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("tracker ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--port", "99999"], "--port: 99999 is not between 1 and 65535"),
+    (["serve", "--port", "http"], "--port: 'http' is not a whole number"),
+    (["alerts", "list", "--limit", "-5"], "--limit: -5 is not between 1 and 500"),
+    (["alerts", "ack", "99999999999999999999"], "is not between 1 and 9223372036854775807"),
+    (["customers", "set-state", "1", "approved", "--reason", "x", "--by", "me"], "invalid choice: 'approved'"),
+])
+def test_bad_options_are_refused_with_the_reason(database_url: str, args: list[str], message: str) -> None:
+    result = run(args, database_url)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_commands_on_a_fresh_sqlite_file_prepare_its_schema(tmp_path) -> None:
+    """SQLite is migrated by the command, as by serve: a key made on a new file works, no empty file is left."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    created = run(["keys", "create", "--name", "first", "--scope", "admin"], url)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().splitlines()[-1].startswith("trk_")
+    listed = run(["alerts", "list"], url)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_commands_on_a_postgresql_database_without_the_schema_say_to_upgrade() -> None:
+    from tests.conftest import create_pg_database, drop_pg_database, require_postgres
+
+    require_postgres()
+    url = create_pg_database("tracker_noschema")
+    try:
+        for args in (["keys", "create", "--name", "x", "--scope", "read"], ["alerts", "list"], ["keys", "list"],
+                     ["customers", "set-state", "1", "verified", "--reason", "x", "--by", "me"]):
+            result = run(args, url)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "run `tracker db upgrade` first" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert "has schema none (no tracker tables)" in result.stderr
+    finally:
+        drop_pg_database(url)

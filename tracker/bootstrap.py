@@ -31,6 +31,7 @@ from tracker.domain.escalation import EscalationPolicy
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.domain.polling import PollPolicy
 from tracker.domain.provider_health import BreakerPolicy, spacing
+from tracker.errors import SchemaNotReady
 from tracker.escalation import Escalator
 from tracker.inbox.applier import Applier
 from tracker.inbox.lease import Lease
@@ -227,8 +228,27 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
 
 
 def database(settings: Settings) -> Engine:
-    """The engine the settings name (commands that need only the database)."""
-    return make_engine(settings.database_url)
+    """The engine the settings name, its schema ready (commands that need only the database)."""
+    engine = make_engine(settings.database_url)
+    try:
+        require_schema(engine, settings)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def require_schema(engine: Engine, settings: Settings) -> None:
+    """What a command needs before it touches the tables. SQLite, the embedded default, is migrated here as
+    ``tracker serve`` does; another database must be at head already, or the command stops with the fix."""
+    if settings.is_sqlite:
+        migrate.upgrade(engine)
+        return
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if current != head:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SchemaNotReady(f"the database at {where} has schema {current or 'none (no tracker tables)'}, "
+                             f"this tracker needs {head}: run `tracker db upgrade` first")
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> str | None:

@@ -54,3 +54,10 @@ class DatabaseUnavailable(TrackerError):
 
     status = 503
     code = "database_unavailable"
+
+
+class SchemaNotReady(TrackerError):
+    """The database's schema is not the one this code needs (a command run before ``tracker db upgrade``)."""
+
+    status = 503
+    code = "schema_not_ready"

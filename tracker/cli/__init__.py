@@ -1,4 +1,5 @@
-"""The ``tracker`` command: serve, worker, db upgrade, keys create / list / revoke, alerts, replay."""
+"""The ``tracker`` command: serve, worker, db upgrade, keys create, replay; the operator's commands (keys list and
+revoke, customers set-state, alerts) are in ``tracker.cli.operator``."""
 
 from __future__ import annotations
 
@@ -7,27 +8,20 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from tracker.cli.common import ready, settings_from_env, start_logging
+from tracker.cli.operator import (
+    cmd_alerts_ack,
+    cmd_alerts_list,
+    cmd_customers_set_state,
+    cmd_keys_list,
+    cmd_keys_revoke,
+)
 from tracker.errors import SettingsError, TrackerError
-from tracker.settings import Settings
 
 log = logging.getLogger("tracker")
-
-
-def _settings() -> Settings:
-    return Settings.from_env()
-
-
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if logging.getLevelName(settings.log_level) != logging.DEBUG:
-        # APScheduler only ticks here: at INFO it would log every step of every tick (several lines a second).
-        # Its warnings (a missed or failed tick) still show; TRACKER_LOG_LEVEL=debug shows everything.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -36,8 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tracker.bootstrap import build, prepare_database
     from tracker.web.app import create_app
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_from_env()
+    start_logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
     app = create_app(container, worker=not args.no_worker)
@@ -56,8 +50,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from tracker.bootstrap import build, prepare_database
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_from_env()
+    start_logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
     if not container.poller.plans:
@@ -84,8 +78,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from tracker.bootstrap import upgrade_database
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_from_env()
+    start_logging(settings)
     print(f"database at {upgrade_database(settings, args.revision)}")
     return 0
 
@@ -95,68 +89,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from tracker.bootstrap import database
     from tracker.clock import SystemClock
 
-    settings = _settings()
+    settings = settings_from_env()
     engine = database(settings)
     key = ApiKeys(engine, SystemClock()).create(args.name, args.scope)
     engine.dispose()
     print(f"Created API key {args.name!r} with scope {args.scope}. It is shown once; store it now:")
     print(key)
     return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    from tracker.apikeys import ApiKeys
-    from tracker.bootstrap import database
-    from tracker.clock import SystemClock
-
-    engine = database(_settings())
-    try:
-        keys = ApiKeys(engine, SystemClock()).listing(revoked=args.all)
-    finally:
-        engine.dispose()
-    print(f"{'name':<24} {'scope':<6} {'prefix':<9} {'created':<20} {'last used':<20} revoked")
-    for key in keys:
-        print(f"{key.name:<24} {key.scope:<6} {key.prefix:<9} {_when(key.created_at):<20} "
-              f"{_when(key.last_used_at):<20} {_when(key.revoked_at) if key.revoked_at else '-'}")
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from tracker.apikeys import ApiKeys
-    from tracker.bootstrap import database
-    from tracker.clock import SystemClock
-
-    settings = _settings()
-    engine = database(settings)
-    try:
-        key = ApiKeys(engine, SystemClock()).revoke(args.name)
-    finally:
-        engine.dispose()
-    print(f"revoked key {key.name!r} ({key.scope}, trk_{key.prefix}_...); running processes refuse it within "
-          f"{int(settings.api_key_cache_ttl.total_seconds())} s (TRACKER_API_KEY_CACHE_TTL)")
-    return 0
-
-
-def cmd_customers_set_state(args: argparse.Namespace) -> int:
-    """The operator's override, by the same path as ``POST /v1/customers/{id}/state``."""
-    from tracker.bootstrap import build
-
-    settings = _settings()
-    _logging(settings)
-    container = build(settings)
-    try:
-        result = container.customers.set_state(args.id, args.state, args.reason, args.by)
-    finally:
-        container.engine.dispose()
-    row = result.row
-    print(f"customer {row.id} ({row.provider} {row.provider_customer_id}) is {row.state}, version {row.version}")
-    for warning in result.warnings:
-        print(f"note: {warning}")
-    return 0
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "never"
 
 
 def progress(done: int, total: int, started: float, out: TextIO) -> None:
@@ -172,9 +111,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from tracker.bootstrap import build
     from tracker.inbox.replays import count_replayable, replayable
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_from_env()
+    start_logging(settings)
     container = build(settings)
+    ready(container)
     applier = container.applier
     outcomes = None if args.all else [o.strip() for o in args.outcome.split(",") if o.strip()]
     total = count_replayable(container.engine, args.provider, outcomes)
@@ -200,44 +140,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_alerts_ack(args: argparse.Namespace) -> int:
-    from tracker.bootstrap import database
-    from tracker.clock import SystemClock
-    from tracker.web.alerts_api import _acknowledge
-
-    settings = _settings()
-    engine = database(settings)
-    try:
-        alert = _acknowledge(engine, args.id, args.by, SystemClock().now())
-    finally:
-        engine.dispose()
-    print(f"alert {alert['id']} ({alert['kind']}, {alert['provider']}) is {alert['state']}")
-    return 0
-
-
-def cmd_alerts_list(args: argparse.Namespace) -> int:
-    from tracker.bootstrap import database
-    from tracker.web.alerts_api import _list
-
-    settings = _settings()
-    engine = database(settings)
-    try:
-        for alert in _list(engine, args.state, args.limit, None):
-            sent = ",".join(f"{n['channel']}:{n['state']}" for n in alert["notifications"]) or "-"
-            print(f"{alert['id']:>6} {alert['state']:<12} {alert['kind']:<14} {alert['opened_at']} {alert['title']} "
-                  f"[{sent}]")
-    finally:
-        engine.dispose()
-    return 0
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (argparse turns the ValueError into a usage
+    error naming the option, exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
+    from tracker import __version__
+
     root = argparse.ArgumentParser(prog="tracker", description="Tracks KYC/KYB verifications at several providers.")
+    root.add_argument("--version", action="version", version=f"tracker {__version__}")
     sub = root.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the web app (and, unless --no-worker, the scheduler)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_bounded(1, 65535), default=8000)
     serve.add_argument("--no-worker", action="store_true", help="do not run the scheduler in this process")
     serve.set_defaults(func=cmd_serve)
 
@@ -266,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     customers = sub.add_parser("customers", help="customers: operator actions")
     customers_sub = customers.add_subparsers(dest="customers_command", required=True)
     set_state = customers_sub.add_parser("set-state", help="set a customer's state by hand (kept in its history)")
-    set_state.add_argument("id", type=int)
+    set_state.add_argument("id", type=_bounded(1, 2**63 - 1))
     set_state.add_argument("state", choices=["awaiting_documents", "pending", "needs_action", "verified", "rejected"])
     set_state.add_argument("--reason", required=True, help="why (kept in the history)")
     set_state.add_argument("--by", required=True, help="who sets it (kept in the history)")
@@ -275,12 +201,12 @@ def parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
     ack = alerts_sub.add_parser("ack", help="acknowledge an alert (stops critical repeats)")
-    ack.add_argument("id", type=int)
+    ack.add_argument("id", type=_bounded(1, 2**63 - 1))
     ack.add_argument("--by", default="cli", help="who acknowledges it (kept with the alert)")
     ack.set_defaults(func=cmd_alerts_ack)
     listing = alerts_sub.add_parser("list", help="newest first")
     listing.add_argument("--state", choices=["open", "acknowledged", "resolved"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_bounded(1, 500), default=50)
     listing.set_defaults(func=cmd_alerts_list)
 
     replay = sub.add_parser("replay", help="run stored events through the current code again")
@@ -304,6 +230,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tracker: {exc.message}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
