@@ -253,7 +253,7 @@ def require_schema(engine: Engine, settings: Settings) -> None:
 
 def upgrade_database(settings: Settings, revision: str = "head") -> str | None:
     """Apply the migrations up to ``revision``; the revision the database is then at."""
-    engine = database(settings)
+    engine = make_engine(settings.database_url)  # not ``database``: that wants the schema this creates
     try:
         migrate.upgrade(engine, revision)
         return migrate.current_revision(engine)
