@@ -78,9 +78,10 @@ def test_worker_runs_until_sigterm(database_url: str) -> None:
         seen = []
         for line in process.stderr:
             seen.append(line)
-            if "polling" in line:
+            if line.split(": ", 1)[-1].startswith("worker "):  # "worker <owner> polling ...": it runs
                 break
         assert any("there is nothing to poll" in line for line in seen), seen
+        assert any("alerts to log; worker" in line for line in seen), seen  # the start-up line
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:

@@ -55,3 +55,30 @@ async def test_openapi_describes_every_route(client, container) -> None:
                 assert method.lower() in document["paths"][path], (method, path)
     customer = document["components"]["schemas"]["Customer"]["properties"]
     assert {"id", "state", "tier", "pending_since", "pending_seconds", "version"} <= customer.keys()
+
+
+def test_the_start_up_line_says_what_runs_and_never_a_secret(tmp_path) -> None:
+    from datetime import timedelta
+
+    from tests.conftest import make_settings
+    from tracker.bootstrap import build, describe
+    from tracker.db.engine import make_engine
+
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'x.db'}", blaaiz_webhook_secrets=("whsec_topsecret",),
+        alert_slack_url="https://hooks.slack.invalid/services/T0/B0/slacksecret",
+        blaaiz_client_id="client-id-1", blaaiz_client_secret="clientsecret2",
+        provider_critical_after={"cryptopocket": timedelta(hours=8)})
+    engine = make_engine("postgresql://tracker:hunter2@127.0.0.1:1/tracker")  # never connected to
+    container = build(settings, engine=engine)
+    try:
+        line = describe(container)
+    finally:
+        engine.dispose()
+    assert "webhooks accepted from blaaiz" in line
+    assert "polling blaaiz" in line
+    assert "overdue after 2h, critical after 5h (cryptopocket 2h/8h)" in line
+    assert "alerts to slack" in line
+    assert "postgresql+psycopg://tracker:***@127.0.0.1:1/tracker" in line
+    for secret in ("hunter2", "whsec_topsecret", "slacksecret", "clientsecret2", "hooks.slack"):
+        assert secret not in line

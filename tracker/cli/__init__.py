@@ -27,13 +27,15 @@ log = logging.getLogger("tracker")
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tracker.bootstrap import build, prepare_database
+    from tracker.bootstrap import build, describe, prepare_database
     from tracker.web.app import create_app
 
     settings = settings_from_env()
     start_logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
+    log.info("%s; serving on %s:%s%s", describe(container), args.host, args.port,
+             " (no scheduler: --no-worker)" if args.no_worker else "")
     app = create_app(container, worker=not args.no_worker)
     # Everything built so far lives as long as the process: keep it out of the full collections, which
     # otherwise pause every request for tens of milliseconds (bench/ingest's p99).
@@ -48,12 +50,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from tracker.bootstrap import build, prepare_database
+    from tracker.bootstrap import build, describe, prepare_database
 
     settings = settings_from_env()
     start_logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
+    log.info("%s; worker", describe(container))
     if not container.poller.plans:
         log.warning("no provider credentials are configured: there is nothing to poll")
 
