@@ -267,6 +267,21 @@ def tracker(backend: str, database_url: str, workdir: Path) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
+def seeded_tracker(backend: str, workdir: Path, args: argparse.Namespace, rng: random.Random,
+                   feed_class: type[Feed] = Feed) -> Iterator[tuple[str, Server, Inbox, Feed, str]]:
+    """A seeded database with ``tracker serve`` on it: (database URL, server, the bench's view of its inbox, a
+    feed of webhooks for its customers, the server's HTTP implementation)."""
+    with database(backend, workdir, args, rng) as (database_url, statuses), \
+            tracker(backend, database_url, workdir) as server:
+        inbox = Inbox(database_url)
+        try:
+            yield (database_url, server, inbox, feed_class(statuses, rng, datetime.now(UTC) - timedelta(days=1)),
+                   server.implementation())
+        finally:
+            inbox.close()
+
+
+@contextlib.contextmanager
 def bare_server(workdir: Path, label: str) -> Iterator[Server]:
     server = Server(f"bare-{label}", [sys.executable, str(HERE / "bare_app.py")], clean_env())
     server.start(workdir)
@@ -317,11 +332,7 @@ def closed_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: 
     row = Row(f"tracker-{backend}")
     rng = random.Random(11)
     bare_us = bare.cpu["server"] / max(bare.ok, 1) * 1e6
-    with database(backend, workdir, args, rng) as (database_url, statuses), \
-            tracker(backend, database_url, workdir) as server:
-        inbox = Inbox(database_url)
-        feed = Feed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
-        impl = server.implementation()
+    with seeded_tracker(backend, workdir, args, rng) as (database_url, server, inbox, feed, impl):
         expected = bare.rps
         if args.warmup:
             write_pool(feed, "w", int(expected * args.warmup * 1.5) + 2000, args.threads, workdir / "w")
@@ -355,7 +366,6 @@ def closed_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: 
         server_notes(row, server, impl)
         stored = inbox.phase("m")
         warm_stored = inbox.phase("w") if args.warmup else None
-        inbox.close()
     ratio = load.rps / bare.rps if bare.rps else 0.0
     row.cells = {"acked/s": f"{load.rps:.0f}", "x bare": f"{ratio:.2f}", "p50 ms": f"{load.p50_ms:.2f}",
                  "p99 ms": f"{load.p99_ms:.2f}", "x bare p99": x(load.p99_ms, bare.p99_ms),
@@ -449,11 +459,7 @@ def steady_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: 
     row = Row(f"tracker-{backend}")
     rng = random.Random(13)
     bare_us = bare.cpu["server"] / max(bare.ok, 1) * 1e6
-    with database(backend, workdir, args, rng) as (database_url, statuses), \
-            tracker(backend, database_url, workdir) as server:
-        inbox = Inbox(database_url)
-        feed = Feed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
-        impl = server.implementation()
+    with seeded_tracker(backend, workdir, args, rng) as (database_url, server, inbox, feed, impl):
         paced(server, feed, "w", max(args.warmup, 5), args, workdir)
         if inbox.wait_applied(60) is None:
             row.notes.append("the warm-up's events were not all applied within 60 s")
@@ -463,7 +469,6 @@ def steady_tracker(backend: str, workdir: Path, args: argparse.Namespace, bare: 
         cpu_all = watch.used()
         server_notes(row, server, impl)
         stored = inbox.phase("m")
-        inbox.close()
     steady_cells(row, load, bare)
     row.cells.update({"stored": str(stored.stored), "applied": str(stored.applied),
                       "lag p50 ms": f"{stored.lag(0.5):.1f}", "lag p99 ms": f"{stored.lag(0.99):.1f}"})
@@ -534,11 +539,7 @@ def run_soak(args: argparse.Namespace, backend: str, workdir: Path) -> bool:
     rng = random.Random(17)
     rows: list[Row] = []
     summary = Row(f"soak-{backend}")
-    with database(backend, workdir, args, rng) as (database_url, statuses), \
-            tracker(backend, database_url, workdir) as server:
-        inbox = Inbox(database_url)
-        feed = RepeatFeed(statuses, rng, datetime.now(UTC) - timedelta(days=1))
-        impl = server.implementation()
+    with seeded_tracker(backend, workdir, args, rng, RepeatFeed) as (database_url, server, inbox, feed, impl):
         assert server.process is not None
         pid = server.process.pid
         write_pool(feed, "w", int(8000 * args.warmup * 1.5) + 2000, args.threads, workdir / "soak-w")
@@ -576,7 +577,6 @@ def run_soak(args: argparse.Namespace, backend: str, workdir: Path) -> bool:
         server_notes(summary, server, impl)
         summary.notes.append(inbox_table_note(database_url))
         stored = [inbox.phase(f"s{k + 1}") for k in range(slices)]
-        inbox.close()
     first, last = loads[0].rps, loads[-1].rps
     drain = drained_at - end if drained_at else None
     summary.cells = {"acked/s": f"{sum(ld.ok for ld in loads) / sum(ld.seconds for ld in loads):.0f}",

@@ -19,6 +19,8 @@ from tracker.cli.operator import (
     cmd_keys_list,
     cmd_keys_revoke,
 )
+from tracker.domain.events import MAX_ID
+from tracker.domain.lifecycle import State
 from tracker.errors import SettingsError, TrackerError
 
 log = logging.getLogger("tracker")
@@ -195,8 +197,8 @@ def parser() -> argparse.ArgumentParser:
     customers = sub.add_parser("customers", help="customers: operator actions")
     customers_sub = customers.add_subparsers(dest="customers_command", required=True)
     set_state = customers_sub.add_parser("set-state", help="set a customer's state by hand (kept in its history)")
-    set_state.add_argument("id", type=_bounded(1, 2**63 - 1))
-    set_state.add_argument("state", choices=["awaiting_documents", "pending", "needs_action", "verified", "rejected"])
+    set_state.add_argument("id", type=_bounded(1, MAX_ID))
+    set_state.add_argument("state", choices=[state.value for state in State])
     set_state.add_argument("--reason", required=True, help="why (kept in the history)")
     set_state.add_argument("--by", required=True, help="who sets it (kept in the history)")
     set_state.set_defaults(func=cmd_customers_set_state)
@@ -204,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
     ack = alerts_sub.add_parser("ack", help="acknowledge an alert (stops critical repeats)")
-    ack.add_argument("id", type=_bounded(1, 2**63 - 1))
+    ack.add_argument("id", type=_bounded(1, MAX_ID))
     ack.add_argument("--by", default="cli", help="who acknowledges it (kept with the alert)")
     ack.set_defaults(func=cmd_alerts_ack)
     listing = alerts_sub.add_parser("list", help="newest first")

@@ -78,6 +78,13 @@ _writers: dict[int, threading.RLock] = {}
 _writers_guard = threading.Lock()
 
 
+def transient(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40), wrapped by SQLAlchemy or raised by the driver's
+    own cursor: the transaction may simply be run again."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(getattr(orig, "sqlstate", "") or "").startswith("40")
+
+
 @contextmanager
 def writing(engine: Engine) -> Iterator[None]:
     """SQLite: hold the process's turn to write while a write transaction runs. SQLite has one writer at a time,

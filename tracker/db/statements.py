@@ -64,7 +64,8 @@ def unleased(until: Any, now: datetime) -> Any:
     return or_(until.is_(None), until < now)
 
 
-_bulk_texts: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
+# (dialect, table, names, keys) -> the statement's text and the table's time columns: built once each
+_bulk_texts: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], tuple[str, frozenset[str]]] = {}
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
@@ -78,10 +79,10 @@ def update_by_key(conn: Connection, table: Table, names: Sequence[str], keys: Se
         return 0
     dialect = conn.dialect.name
     key = (dialect, table.name, tuple(names), tuple(keys))
-    text = _bulk_texts.get(key)
-    if text is None:
-        text = _bulk_texts[key] = _bulk_text(dialect, table, names, keys)
-    times = time_columns(table)
+    built = _bulk_texts.get(key)
+    if built is None:
+        built = _bulk_texts[key] = (_bulk_text(dialect, table, names, keys), time_columns(table))
+    text, times = built
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if dialect == "postgresql":

@@ -19,6 +19,7 @@ MAX_EVENT_ID = 128
 MAX_EVENT_TYPE = 64
 MAX_CUSTOMER_ID = 128
 MAX_STATUS = 64
+MAX_ID = 2**63 - 1  # the largest id of a stored row: 64-bit signed integers on both databases
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tracker.clock import Clock
 from tracker.db import inbox, queries
-from tracker.db.engine import write_options, write_transaction, writing
+from tracker.db.engine import transient, write_options, write_transaction, writing
 from tracker.domain.events import ParsedEvent, ParseError
 from tracker.domain.lifecycle import State
 from tracker.inbox.lease import Lease
@@ -141,10 +141,10 @@ class Applier:
                     self._published(done)
                     return len(rows)
                 except (ConcurrentChange, DBAPIError) as exc:
-                    if attempt < 4 and (isinstance(exc, ConcurrentChange) or _transient(exc)):
+                    if attempt < 4 and (isinstance(exc, ConcurrentChange) or transient(exc)):
                         log.info("apply batch retried after %s", type(exc).__name__)
                         continue
-                    if isinstance(exc, DBAPIError) and not _transient(exc) and exc.connection_invalidated:
+                    if isinstance(exc, DBAPIError) and not transient(exc) and exc.connection_invalidated:
                         raise
                     return self._one_by_one(now)
                 except Exception:
@@ -317,9 +317,3 @@ def _discovered(provider: str, pcid: str, now: datetime) -> dict[str, Any]:
     return {"provider": provider, "provider_customer_id": pcid, "customer_type": "unknown",
             "state": State.AWAITING_DOCUMENTS.value, "version": 1, "discovered_by": "webhook", "created_at": now,
             "updated_at": now, "tier": "none", "attempts": 0, "rejections": 0}
-
-
-def _transient(exc: BaseException) -> bool:
-    """A deadlock or serialization failure (SQLSTATE class 40): the transaction may simply be run again."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    return str(getattr(orig, "sqlstate", "") or "").startswith("40")

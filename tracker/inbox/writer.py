@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tracker.db import inbox
-from tracker.db.engine import writing
+from tracker.db.engine import transient, writing
 from tracker.errors import DatabaseUnavailable
 from tracker.inbox.store import Delivery, Receipt, store
 from tracker.metrics import Metrics
@@ -123,7 +123,7 @@ class InboxWriter:
                                  wake=self.others_apply())
             except (DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
                 self._connections.drop(broken=True)  # whatever went wrong, the next try starts afresh
-                if attempt < 4 and _sqlstate(exc).startswith("40"):  # a deadlock or serialization failure
+                if attempt < 4 and transient(exc):
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -157,11 +157,6 @@ class InboxWriter:
                 return True
             seen = seen.__cause__ or seen.__context__
         return False
-
-
-def _sqlstate(exc: BaseException) -> str:
-    """The SQLSTATE of a database error, wrapped by SQLAlchemy or raised by the driver's own cursor."""
-    return str(getattr(getattr(exc, "orig", None) or exc, "sqlstate", "") or "")
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Receipt], Any]]) -> None:

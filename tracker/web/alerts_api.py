@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tracker import alerts
+from tracker.domain.events import MAX_ID
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import MAX_ID, authorize, path_id
+from tracker.web.requests import MAX_PAGE, authorize, path_id
 from tracker.web.responses import iso, json_response
 
 STATES = ("open", "acknowledged", "resolved")
@@ -46,8 +47,8 @@ async def list_alerts(request: Request) -> Response:
         before = int(params["before"]) if "before" in params else None
     except ValueError:
         raise TrackerError("limit and before must be whole numbers") from None
-    if not 1 <= limit <= 500:
-        raise TrackerError("limit must be between 1 and 500")
+    if not 1 <= limit <= MAX_PAGE:
+        raise TrackerError(f"limit must be between 1 and {MAX_PAGE}")
     if before is not None and not 1 <= before <= MAX_ID:
         raise TrackerError(f"before must be an alert id, between 1 and {MAX_ID}")
     container = request.app.state.container

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 from tracker.domain.lifecycle import PROVIDERS, State
 from tracker.durations import parse_duration
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import authorize, authorize_header, checked_id, path_id, read_json
+from tracker.web.requests import MAX_PAGE, authorize, authorize_header, checked_id, path_id, query_int, read_json
 from tracker.web.responses import (
     customer_etag,
     customer_json,
@@ -30,7 +30,6 @@ from tracker.web.responses import (
 TIERS = ("none", "overdue", "critical")
 LIST_PARAMS = {"provider", "state", "tier", "reference", "provider_customer_id", "pending_longer_than", "limit",
                "cursor"}
-MAX_LIMIT = 500
 
 
 def _customers(request: Request) -> Any:
@@ -152,13 +151,7 @@ def _list_filters(request: Request) -> dict[str, Any]:
             filters["pending_before"] = _now(request) - parse_duration(params["pending_longer_than"])
         except ValueError as exc:
             raise TrackerError(f"pending_longer_than: {exc}") from None
-    try:
-        limit = int(params.get("limit", "50"))
-    except ValueError:
-        raise TrackerError("limit must be a whole number") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise TrackerError(f"limit must be between 1 and {MAX_LIMIT}")
-    filters["limit"] = limit
+    filters["limit"] = query_int(params, "limit", 50, 1, MAX_PAGE)
     if "cursor" in params:
         try:
             filters["after"] = decode_cursor(params["cursor"])

@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import TrackerError
 from tracker.inbox import listing
-from tracker.web.requests import MAX_ID, authorize
+from tracker.web.requests import MAX_PAGE, authorize, query_int
 from tracker.web.responses import iso, json_response
 
-MAX_LIMIT = 500
 PARAMETERS = frozenset({"provider", "outcome", "customer_id", "limit", "cursor"})
 
 
@@ -47,19 +47,6 @@ def _before(cursor: str) -> int:
     return value
 
 
-def _whole(params: Any, name: str, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise TrackerError(f"{name} must be a whole number") from None
-    if not low <= value <= high:
-        raise TrackerError(f"{name} must be between {low} and {high}")
-    return value
-
-
 async def list_events(request: Request) -> Response:
     await authorize(request, "read")
     params = request.query_params
@@ -71,8 +58,8 @@ async def list_events(request: Request) -> Response:
         raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
     if outcome is not None and outcome not in listing.OUTCOMES:
         raise TrackerError(f"outcome must be one of {', '.join(listing.OUTCOMES)}")
-    customer_id = _whole(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
-    limit = _whole(params, "limit", 50, 1, MAX_LIMIT)
+    customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    limit = query_int(params, "limit", 50, 1, MAX_PAGE)
     before = _before(params["cursor"]) if "cursor" in params else None
     rows = await run_in_threadpool(listing.page, request.app.state.container.engine, provider=provider,
                                    outcome=outcome, customer_id=customer_id, before=before, limit=limit + 1)

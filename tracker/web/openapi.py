@@ -6,6 +6,12 @@ import re
 from typing import Any
 
 import tracker
+from tracker.domain.events import MAX_ID
+from tracker.domain.lifecycle import PROVIDERS, State
+from tracker.inbox.listing import OUTCOMES
+from tracker.web.requests import MAX_PAGE
+
+STATES = [state.value for state in State]
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 CUSTOMER = {"$ref": "#/components/schemas/Customer"}
@@ -15,12 +21,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
     "Customer": {"type": "object", "properties": {
-        "id": {"type": "integer"}, "provider": {"type": "string", "enum": ["blaaiz", "connectfi", "cryptopocket"]},
+        "id": {"type": "integer"}, "provider": {"type": "string", "enum": list(PROVIDERS)},
         "provider_customer_id": {"type": "string"}, "reference": {"type": ["string", "null"]},
         "application_id": {"type": ["string", "null"]},
         "customer_type": {"type": "string", "enum": ["individual", "business", "unknown"]},
-        "state": {"type": "string", "enum": ["awaiting_documents", "pending", "needs_action", "verified",
-                                             "rejected"]},
+        "state": {"type": "string", "enum": STATES},
         "provider_status": {"type": ["string", "null"]},
         "tier": {"type": "string", "enum": ["none", "overdue", "critical"]},
         "next_tier": {"type": ["string", "null"], "enum": ["overdue", "critical", None]},
@@ -35,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
         "updated_at": {"type": "string", "format": "date-time"},
         "version": {"type": "integer"}, "warnings": {"type": "array", "items": {"type": "string"}}}},
     "Register": {"type": "object", "required": ["provider", "provider_customer_id", "customer_type"], "properties": {
-        "provider": {"type": "string", "enum": ["blaaiz", "connectfi", "cryptopocket"]},
+        "provider": {"type": "string", "enum": list(PROVIDERS)},
         "provider_customer_id": {"type": "string"}, "customer_type": {"type": "string",
                                                                       "enum": ["individual", "business"]},
         "reference": {"type": "string"}, "application_id": {"type": "string"}}},
@@ -99,8 +104,7 @@ def customer_ops() -> dict[str, Any]:
                                             **_errors(401, 403, 404, 409, 422)}},
         "set_state": {**secured, "requestBody": _json({
             "type": "object", "required": ["state", "reason"], "additionalProperties": False, "properties": {
-                "state": {"type": "string", "enum": ["awaiting_documents", "pending", "needs_action", "verified",
-                                                     "rejected"]},
+                "state": {"type": "string", "enum": STATES},
                 "reason": {"type": "string", "minLength": 1, "maxLength": 500}}}),
             "responses": {"200": {"description": "The customer, in its new state", **_json(CUSTOMER)},
                           **_errors(400, 401, 403, 404, 409, 422)}},
@@ -117,14 +121,12 @@ def customer_ops() -> dict[str, Any]:
         "read": {**secured, "responses": {"200": {"description": "OK"}, **_errors(401, 403, 404)}},
         "events": {**secured, "parameters": [
             {"name": "provider", "in": "query", "required": False,
-             "schema": {"type": "string", "enum": ["blaaiz", "connectfi", "cryptopocket"]}},
-            {"name": "outcome", "in": "query", "required": False, "schema": {"type": "string", "enum": [
-                "received", "applied", "no_change", "stale", "conflict", "refused", "error", "ignored", "rejected",
-                "duplicate"]}},
+             "schema": {"type": "string", "enum": list(PROVIDERS)}},
+            {"name": "outcome", "in": "query", "required": False, "schema": {"type": "string", "enum": list(OUTCOMES)}},
             {"name": "customer_id", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
             {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "A page of stored events, newest first (no bodies)", **_json({
                 "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}},

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from tracker.apikeys import ApiKeys, Principal
+from tracker.domain.events import MAX_ID
 from tracker.errors import Forbidden, NotFound, TrackerError, Unauthorized
 from tracker.settings import MAX_WEBHOOK_BODY
 
@@ -139,7 +140,21 @@ async def _authenticate(keys: ApiKeys, token: str) -> Principal | None:
     return await asyncio.shield(task)
 
 
-MAX_ID = 2**63 - 1  # ids are 64-bit signed integers on both databases
+MAX_PAGE = 500  # the most items a list answers at once
+
+
+def query_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter from ``low`` to ``high`` (``default`` when absent); 400 naming it else."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TrackerError(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise TrackerError(f"{name} must be between {low} and {high}")
+    return value
 
 
 def checked_id(value: Any, what: str = "id") -> int:

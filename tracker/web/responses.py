@@ -14,6 +14,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tracker.domain.events import MAX_ID
+
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -135,6 +137,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     text = base64.urlsafe_b64decode(padded.encode()).decode()
     stamp, _, ident = text.partition("|")
     last = int(ident)
-    if not 0 < last < 2**63:
+    if not 0 < last <= MAX_ID:
         raise ValueError("the cursor's id is out of range")
     return datetime.fromisoformat(stamp), last
