@@ -187,3 +187,15 @@ def test_commands_on_a_postgresql_database_without_the_schema_say_to_upgrade() -
         assert created.returncode == 0, created.stderr
     finally:
         drop_pg_database(url)
+
+
+def test_commands_started_together_on_a_fresh_sqlite_file_all_succeed(tmp_path) -> None:
+    """Each prepares the schema first (as serve does): the first migrates, the others wait for its write lock
+    and find the schema at head, instead of failing with "database is locked"."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    env = {**os.environ, "TRACKER_DATABASE_URL": url}
+    processes = [subprocess.Popen([sys.executable, "-m", "tracker.cli", "keys", "create", "--name", f"k{n}",
+                                   "--scope", "read"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for n in range(4)]
+    results = [(process.wait(timeout=120), process.stderr.read() if process.stderr else "") for process in processes]
+    assert [code for code, _ in results] == [0, 0, 0, 0], results

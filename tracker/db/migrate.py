@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from tracker.db.engine import write_transaction
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -23,8 +25,11 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate in one write transaction: on SQLite write-locked from BEGIN, so processes that start together on
+    a new file take turns (the busy timeout) and the later ones find the schema at head, rather than fail when
+    a read transaction cannot become a write one."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 
