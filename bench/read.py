@@ -49,6 +49,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tracker.web.responses import customer_etag
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LUA = HERE / "read.lua"
@@ -192,7 +194,9 @@ class Collector:
     def see(self, row: tuple[Any, ...]) -> None:
         ident = row[0]
         if ident in self.wanted:
-            self.sample.append((ident, f'"c{ident}-v{row[15]}-{row[8]}"'))
+            # seeded without polls: no last or next poll time
+            self.sample.append((ident, customer_etag({"id": ident, "version": row[15], "tier": row[8],
+                                                      "last_polled_at": None, "next_poll_at": None})))
         if ident in self.lookups:
             self.pcids.append(row[2])
             if row[4] is not None:

@@ -13,7 +13,7 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
-ruff check tracker tests bench
+ruff check tracker tests bench alembic
 echo "== mypy (strict, tracker/)"
 mypy tracker
 

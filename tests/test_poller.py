@@ -251,7 +251,7 @@ async def test_result_of_a_lost_claim_is_dropped(polling, clock, sims) -> None:
     from tracker.providers.cryptopocket import map_kyc_status
 
     raw, signal, _ = map_kyc_status("valid", Source.POLL)
-    polling.poller._record_success("cryptopocket", cid, StatusReport("usr_x", raw, signal))
+    polling.poller.results.success("cryptopocket", cid, StatusReport("usr_x", raw, signal))
     assert row(polling, cid).state == "awaiting_documents"  # not ours: not applied
 
 

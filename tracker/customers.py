@@ -207,7 +207,7 @@ class Customers:
         return row
 
     async def fetch_key(self, customer_id: int) -> dict[str, Any]:
-        """Only what the customer's ETag is made of (id, version, tier): enough to answer If-None-Match."""
+        """Only what the customer's ETag is made of (reads.KEY_COLUMNS): enough to answer If-None-Match."""
         key = await self.reads.key(customer_id)
         if key is None:
             raise NotFound(f"no customer with id {customer_id}")

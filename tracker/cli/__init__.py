@@ -15,6 +15,7 @@ from tracker.cli.common import ready, settings_from_env, start_logging
 from tracker.cli.operator import (
     cmd_alerts_ack,
     cmd_alerts_list,
+    cmd_customers_poll,
     cmd_customers_set_state,
     cmd_keys_list,
     cmd_keys_revoke,
@@ -202,6 +203,10 @@ def parser() -> argparse.ArgumentParser:
     set_state.add_argument("--reason", required=True, help="why (kept in the history)")
     set_state.add_argument("--by", required=True, help="who sets it (kept in the history)")
     set_state.set_defaults(func=cmd_customers_set_state)
+    poll = customers_sub.add_parser("poll", help="poll a customer's provider now and apply its answer")
+    poll.add_argument("id", type=_bounded(1, MAX_ID))
+    poll.add_argument("--by", default="cli", help="who asks (kept in the history of any change it makes)")
+    poll.set_defaults(func=cmd_customers_poll)
 
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

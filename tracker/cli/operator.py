@@ -1,9 +1,11 @@
-"""The operator's commands: keys list and revoke, customers set-state, alerts list and ack."""
+"""The operator's commands: keys list and revoke, customers set-state and poll, alerts list and ack."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import datetime
+from typing import Any
 
 from tracker.cli.common import ready, settings_from_env, start_logging
 
@@ -58,6 +60,32 @@ def cmd_customers_set_state(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"note: {warning}")
     return 0
+
+
+def cmd_customers_poll(args: argparse.Namespace) -> int:
+    """Poll one customer's provider now, by the same path as ``POST /v1/customers/{id}/poll``."""
+    from tracker.bootstrap import build
+
+    settings = settings_from_env()
+    start_logging(settings)
+    container = build(settings)
+
+    async def run() -> Any:
+        try:
+            return await container.poller.poll_now(args.id, f"operator:{args.by}")
+        finally:
+            await container.http.aclose()
+
+    try:
+        ready(container)
+        found = asyncio.run(run())
+        row = container.customers.get(args.id)
+    finally:
+        container.engine.dispose()
+    detail = found.error if found.outcome == "failed" else f"provider status {found.provider_status}"
+    print(f"poll of customer {row.id} ({row.provider} {row.provider_customer_id}): {found.outcome} ({detail}); "
+          f"it is {row.state}")
+    return 1 if found.outcome == "failed" else 0
 
 
 def _when(value: datetime | None) -> str:

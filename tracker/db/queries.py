@@ -222,6 +222,15 @@ def claim_due(conn: Connection, provider: str, now: datetime, limit: int, owner:
                   {"poll_lease_until": lease_until, "poll_lease_owner": owner})
 
 
+def claim_customer(conn: Connection, customer_id: int, now: datetime, owner: str, lease_until: datetime
+                   ) -> Row[Any] | None:
+    """Claim one customer for a poll now, due or not, unless another poll holds it; the row, or None."""
+    return conn.execute(
+        update(customers).where(customers.c.id == customer_id, unleased(customers.c.poll_lease_until, now))
+        .values(poll_lease_until=lease_until, poll_lease_owner=owner).returning(*customers.c)
+    ).first()
+
+
 def count_due(conn: Connection, provider: str, now: datetime) -> int:
     return int(conn.execute(
         select(func.count()).select_from(customers).where(customers.c.provider == provider,

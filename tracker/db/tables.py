@@ -74,6 +74,7 @@ class Customer(SQLModel, table=True):
     poll_lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
     poll_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     last_polled_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_poll_error: str | None = Field(default=None, sa_column=Column(Text))  # until a poll succeeds again
     last_signal_at: datetime | None = Field(default=None, sa_column=_ts())
     # Escalation: the next tier's due time while pending (deadlines are data), and its claim.
     deadline_at: datetime | None = Field(default=None, sa_column=_ts())

@@ -73,6 +73,18 @@ async def set_state(request: Request) -> Response:
     return _customer_answer(request, result.row, warnings=result.warnings)
 
 
+async def poll(request: Request) -> Response:
+    """Poll the customer's provider now (admin): the customer afterwards and what the poll found."""
+    principal = await authorize(request, "admin")
+    container = request.app.state.container
+    customer_id = path_id(request)
+    found = await container.poller.poll_now(customer_id, f"operator:{principal.name}")
+    row = await container.customers.fetch(customer_id)
+    return json_response({"customer": customer_json(row, _now(request)),
+                          "poll": {"outcome": found.outcome, "provider_status": found.provider_status,
+                                   "error": found.error}}, headers={"ETag": customer_etag(row)})
+
+
 async def submit(request: Request) -> Response:
     await authorize(request, "write")
     result = await run_in_threadpool(_customers(request).submit, path_id(request))

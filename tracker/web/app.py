@@ -35,6 +35,8 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/v1/customers/{id:int}", "GET", api.get_customer, "One customer (ETag, 304)", "get"),
     ("/v1/customers/{id:int}/uploads", "POST", api.report_upload, "Report an upload", "upload"),
     ("/v1/customers/{id:int}/submit", "POST", api.submit, "Submit for review (Blaaiz)", "submit"),
+    ("/v1/customers/{id:int}/poll", "POST", api.poll,
+     "Poll the provider now (admin); answers the customer and what the poll found", "poll"),
     ("/v1/customers/{id:int}/state", "POST", api.set_state,
      "Set the state by hand (admin; kept in the history with who and why)", "set_state"),
     ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
@@ -56,7 +58,7 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
 
 def _openapi_document() -> dict[str, Any]:
     extras = openapi.customer_ops()
-    table = [(path.replace(":int", ""), method, summary, dict(extras[key]) if key else {})
+    table = [(path.replace(":int", ""), method, summary, dict(extras.get(key, {})) if key else {})
              for path, method, _, summary, key in ROUTES]
     table.append(("/openapi.json", "GET", "This document", {}))
     return openapi.document(table)
