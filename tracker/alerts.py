@@ -230,10 +230,11 @@ def acknowledge(conn: Connection, alert_id: int, actor: str, now: datetime) -> A
     return alert_queries.get_alert(conn, alert_id)
 
 
-def page(engine: Engine, state: str | None, limit: int, before: int | None) -> list[tuple[Any, list[Any]]]:
-    """Alerts newest first (``state``: only those), each with its notifications."""
+def page(engine: Engine, state: str | None, limit: int, before: int | None, *, provider: str | None = None,
+         customer_id: int | None = None) -> list[tuple[Any, list[Any]]]:
+    """Alerts newest first (``state``, ``provider``, ``customer_id``: only those), each with its notifications."""
     with engine.connect() as conn:
-        rows = alert_queries.list_alerts(conn, state, limit, before)
+        rows = alert_queries.list_alerts(conn, state, limit, before, provider=provider, customer_id=customer_id)
         notices = alert_queries.notifications_of(conn, [row.id for row in rows])
     by_alert: dict[int, list[Any]] = {}
     for notice in notices:

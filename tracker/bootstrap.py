@@ -106,7 +106,7 @@ class Container:
 
     def summary(self) -> tuple[list[Any], list[Any]]:
         with self.engine.connect() as conn:
-            return queries.count_customers_by_state(conn), queries.oldest_pending(conn)
+            return queries.count_customers_by_state(conn), queries.oldest_pending(conn, PROVIDERS)
 
     def provider_health(self) -> dict[str, dict[str, Any]]:
         """Per provider: polled or not, circuit breaker, Retry-After hold, last error."""

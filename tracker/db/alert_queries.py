@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, select, update
 
-from tracker.db.statements import built_once, claim_leased, dialect_insert, unleased
+from tracker.db.statements import built_once, claim_leased, dialect_insert, equal_to, unleased
 from tracker.db.tables import alerts, notifications
 
 
@@ -62,10 +62,9 @@ def open_incident(conn: Connection, provider: str, tier: str, since: datetime) -
     ).order_by(alerts.c.id.desc()).limit(1)).first()
 
 
-def list_alerts(conn: Connection, state: str | None, limit: int, before_id: int | None) -> list[Row[Any]]:
-    query = select(alerts)
-    if state is not None:
-        query = query.where(alerts.c.state == state)
+def list_alerts(conn: Connection, state: str | None, limit: int, before_id: int | None, *,
+                provider: str | None = None, customer_id: int | None = None) -> list[Row[Any]]:
+    query = equal_to(select(alerts), alerts, state=state, provider=provider, customer_id=customer_id)
     if before_id is not None:
         query = query.where(alerts.c.id < before_id)
     return list(conn.execute(query.order_by(alerts.c.id.desc()).limit(limit)))

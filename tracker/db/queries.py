@@ -80,12 +80,19 @@ def get_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
 def list_customers(conn: Connection, *, provider: str | None = None, state: str | None = None,
                    tier: str | None = None, reference: str | None = None,
                    provider_customer_id: str | None = None, pending_before: datetime | None = None,
-                   after: tuple[datetime, int] | None = None, limit: int = 50) -> list[Row[Any]]:
-    """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page."""
+                   after: tuple[datetime, int] | None = None, limit: int = 50, sort: str = "updated"
+                   ) -> list[Row[Any]]:
+    """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page. With
+    ``sort="pending_since"``: pending customers only, the longest pending first, paged by (pending_since, id)."""
     query = equal_to(select(customers), customers, provider=provider, state=state, tier=tier, reference=reference,
                      provider_customer_id=provider_customer_id)
     if pending_before is not None:
         query = query.where(customers.c.state == State.PENDING.value, customers.c.pending_since <= pending_before)
+    if sort == "pending_since":
+        query = query.where(customers.c.state == State.PENDING.value)
+        if after is not None:
+            query = query.where(tuple_(customers.c.pending_since, customers.c.id) > tuple_(*after))
+        return list(conn.execute(query.order_by(customers.c.pending_since, customers.c.id).limit(limit)))
     if after is not None:
         query = query.where(tuple_(customers.c.updated_at, customers.c.id) < tuple_(*after))
     query = query.order_by(customers.c.updated_at.desc(), customers.c.id.desc()).limit(limit)
@@ -99,11 +106,19 @@ def count_customers_by_state(conn: Connection) -> list[Row[Any]]:
     ))
 
 
-def oldest_pending(conn: Connection) -> list[Row[Any]]:
-    return list(conn.execute(
-        select(customers.c.provider, func.min(customers.c.pending_since).label("since"))
-        .where(customers.c.state == State.PENDING.value).group_by(customers.c.provider)
-    ))
+def oldest_pending(conn: Connection, providers: Iterable[str]) -> list[Row[Any]]:
+    """Per provider, its longest pending customer (id, provider, provider_customer_id, pending_since)."""
+    found: list[Any] = []
+    for provider in providers:  # each along the (state, pending_since) index, to its first row at the provider
+        row = conn.execute(
+            select(customers.c.id, customers.c.provider, customers.c.provider_customer_id,
+                   customers.c.pending_since)
+            .where(customers.c.state == State.PENDING.value, customers.c.provider == provider)
+            .order_by(customers.c.pending_since, customers.c.id).limit(1)
+        ).first()
+        if row is not None:
+            found.append(row)
+    return found
 
 
 # --- history and uploads -------------------------------------------------------------------------------

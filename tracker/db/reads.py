@@ -172,10 +172,11 @@ class CustomerReads:
     def page(self, *, provider: str | None = None, state: str | None = None, tier: str | None = None,
              reference: str | None = None, provider_customer_id: str | None = None,
              pending_before: datetime | None = None, after: tuple[datetime, int] | None = None,
-             limit: int = 50) -> list[Row]:
-        """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page. The same
-        rows as ``queries.list_customers`` (their ``API_COLUMNS``). On a pooled connection, in the caller's
-        thread."""
+             limit: int = 50, sort: str = "updated") -> list[Row]:
+        """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page. With
+        ``sort="pending_since"``: pending customers only, the longest pending first, ``after`` their
+        (pending_since, id). The same rows as ``queries.list_customers`` (their ``API_COLUMNS``). On a pooled
+        connection, in the caller's thread."""
         mark = self._mark
         where: list[str] = []
         params: list[Any] = []
@@ -186,13 +187,15 @@ class CustomerReads:
         # Pending customers, and the escalated tiers (only pending customers have one), come from the small
         # partial index; other states are found along the newest-first index (most customers are decided).
         # The literal matches the partial index's predicate (a bound value would not, on either database).
-        pending = state == _PENDING or pending_before is not None or (tier is not None and tier != "none")
+        by_age = sort == "pending_since"
+        pending = (by_age or state == _PENDING or pending_before is not None
+                   or (tier is not None and tier != "none"))
         if state is not None:
             where.append(f"state = {mark}")
             params.append(state)
         if pending:
             where.append(f"state = '{_PENDING}'")
-            index = "ix_customers_pending_updated"
+            index = "ix_customers_state_pending_since" if by_age else "ix_customers_pending_updated"
         if pending_before is not None:
             where.append(f"pending_since <= {mark}")
             params.append(self._stamp(pending_before))
@@ -210,12 +213,14 @@ class CustomerReads:
                 where.append(_ANY_PROVIDER)
             index = "uq_customers_provider_pcid"
         if after is not None:
-            where.append(f"(updated_at, id) < ({mark}, {mark})")
+            where.append(f"(pending_since, id) > ({mark}, {mark})" if by_age
+                         else f"(updated_at, id) < ({mark}, {mark})")
             params += [self._stamp(after[0]), after[1]]
+        order = "pending_since, id" if by_age else "updated_at DESC, id DESC"
         # Only constant text and bound parameters: the values never enter the SQL.
         sql = (f"SELECT {', '.join(API_COLUMNS)} FROM customers{f' INDEXED BY {index}' if self.sqlite else ''}"  # noqa: S608
                f"{' WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY updated_at DESC, id DESC LIMIT {int(limit)}")
+               f"ORDER BY {order} LIMIT {int(limit)}")
         decode = self._decode
         return [decode(row) for row in self._pooled(sql, tuple(params))]
 

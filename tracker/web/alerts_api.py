@@ -12,11 +12,13 @@ from starlette.responses import Response
 
 from tracker import alerts
 from tracker.domain.events import MAX_ID
+from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import MAX_PAGE, authorize, path_id
+from tracker.web.requests import MAX_PAGE, authorize, before_id, id_cursor, known_params, path_id, query_int
 from tracker.web.responses import iso, json_response
 
 STATES = ("open", "acknowledged", "resolved")
+PARAMETERS = frozenset({"state", "provider", "customer_id", "limit", "cursor", "before"})
 
 
 def alert_json(row: Any, notices: list[Any]) -> dict[str, Any]:
@@ -32,28 +34,36 @@ def alert_json(row: Any, notices: list[Any]) -> dict[str, Any]:
     }
 
 
-def _list(engine: Engine, state: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
-    return [alert_json(row, notices) for row, notices in alerts.page(engine, state, limit, before)]
+def _list(engine: Engine, state: str | None, limit: int, before: int | None, *, provider: str | None = None,
+          customer_id: int | None = None) -> list[dict[str, Any]]:
+    return [alert_json(row, notices)
+            for row, notices in alerts.page(engine, state, limit, before, provider=provider, customer_id=customer_id)]
 
 
 async def list_alerts(request: Request) -> Response:
+    """Newest first, filtered and paged as the other lists: ``limit``, then ``cursor`` from ``next_cursor``
+    (``before``, an alert id, is still taken; ``next_before`` still answered)."""
     await authorize(request, "read")
     params = request.query_params
-    state = params.get("state")
+    known_params(params, PARAMETERS)
+    state, provider = params.get("state"), params.get("provider")
     if state is not None and state not in STATES:
         raise TrackerError(f"state must be one of {', '.join(STATES)} (or absent for all)")
-    try:
-        limit = int(params.get("limit", "100"))
-        before = int(params["before"]) if "before" in params else None
-    except ValueError:
-        raise TrackerError("limit and before must be whole numbers") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise TrackerError(f"limit must be between 1 and {MAX_PAGE}")
-    if before is not None and not 1 <= before <= MAX_ID:
-        raise TrackerError(f"before must be an alert id, between 1 and {MAX_ID}")
+    if provider is not None and provider not in PROVIDERS:
+        raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
+    customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    limit = query_int(params, "limit", 50, 1, MAX_PAGE)
+    if "cursor" in params and "before" in params:
+        raise TrackerError("send cursor or before, not both")
+    before = query_int(params, "before", 0, 1, MAX_ID) if "before" in params else None
+    if "cursor" in params:
+        before = before_id("a", params["cursor"])
     container = request.app.state.container
-    items = await run_in_threadpool(_list, container.engine, state, limit, before)
-    return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
+    items = await run_in_threadpool(_list, container.engine, state, limit + 1, before, provider=provider,
+                                    customer_id=customer_id)
+    page, more = items[:limit], len(items) > limit
+    return json_response({"items": page, "next_cursor": id_cursor("a", page[-1]["id"]) if more else None,
+                          "next_before": page[-1]["id"] if more else None})
 
 
 def _acknowledge(engine: Engine, alert_id: int, actor: str, now: Any) -> dict[str, Any]:

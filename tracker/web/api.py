@@ -12,7 +12,16 @@ from starlette.types import Receive, Scope, Send
 from tracker.domain.lifecycle import PROVIDERS, State
 from tracker.durations import parse_duration
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import MAX_PAGE, authorize, authorize_header, checked_id, path_id, query_int, read_json
+from tracker.web.requests import (
+    MAX_PAGE,
+    authorize,
+    authorize_header,
+    checked_id,
+    known_params,
+    path_id,
+    query_int,
+    read_json,
+)
 from tracker.web.responses import (
     customer_etag,
     customer_json,
@@ -28,8 +37,9 @@ from tracker.web.responses import (
 )
 
 TIERS = ("none", "overdue", "critical")
-LIST_PARAMS = {"provider", "state", "tier", "reference", "provider_customer_id", "pending_longer_than", "limit",
-               "cursor"}
+LIST_PARAMS = frozenset({"provider", "state", "tier", "reference", "provider_customer_id", "pending_longer_than",
+                         "limit", "cursor", "sort"})
+SORTS = ("updated", "pending_since")  # newest change first; oldest pending first (pending customers only)
 
 
 def _customers(request: Request) -> Any:
@@ -138,10 +148,7 @@ get_customer = CustomerEndpoint()
 
 def _list_filters(request: Request) -> dict[str, Any]:
     params = request.query_params
-    unknown = set(params) - LIST_PARAMS
-    if unknown:
-        raise TrackerError(f"unknown query parameter(s): {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(sorted(LIST_PARAMS))}")
+    known_params(params, LIST_PARAMS)
     filters: dict[str, Any] = {}
     if "provider" in params:
         if params["provider"] not in PROVIDERS:
@@ -164,11 +171,18 @@ def _list_filters(request: Request) -> dict[str, Any]:
         except ValueError as exc:
             raise TrackerError(f"pending_longer_than: {exc}") from None
     filters["limit"] = query_int(params, "limit", 50, 1, MAX_PAGE)
+    sort = params.get("sort", "updated")
+    if sort not in SORTS:
+        raise TrackerError(f"sort must be one of {', '.join(SORTS)}")
+    filters["sort"] = sort
     if "cursor" in params:
         try:
-            filters["after"] = decode_cursor(params["cursor"])
+            at, last, cursor_sort = decode_cursor(params["cursor"])
         except (ValueError, UnicodeDecodeError):
             raise TrackerError("cursor is not one this service gave out; start again without it") from None
+        if cursor_sort != sort:
+            raise TrackerError(f"this cursor continues a list with sort={cursor_sort}; send the same sort")
+        filters["after"] = (at, last)
     return filters
 
 
@@ -178,7 +192,9 @@ async def list_customers(request: Request) -> Response:
     limit = filters["limit"]
     rows = await run_in_threadpool(_customers(request).page, **{**filters, "limit": limit + 1})
     page, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_cursor(page[-1]["updated_at"], page[-1]["id"]) if more else None
+    sort = filters["sort"]
+    next_cursor = (encode_cursor(page[-1]["pending_since" if sort == "pending_since" else "updated_at"],
+                                 page[-1]["id"], sort) if more else None)
     etag = list_etag(page, str(request.url.query))
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -227,17 +243,21 @@ async def summary(request: Request) -> Response:
     counts, oldest = await run_in_threadpool(container.summary)
     health = await run_in_threadpool(container.provider_health)
     now = _now(request)
-    providers: dict[str, Any] = {p: {"states": {}, "tiers": {}, "oldest_pending_seconds": None} for p in PROVIDERS}
+    providers: dict[str, Any] = {p: {"states": {}, "tiers": {}, "oldest_pending_seconds": None,
+                                     "oldest_pending_customer": None} for p in PROVIDERS}
     for provider, state, tier, n in counts:
-        entry = providers.setdefault(provider, {"states": {}, "tiers": {}, "oldest_pending_seconds": None})
+        entry = providers[provider]
         entry["states"][state] = entry["states"].get(state, 0) + n
         if state == State.PENDING.value:
             entry["tiers"][tier] = entry["tiers"].get(tier, 0) + n
-    for provider, since in oldest:
-        if since is not None:
-            providers[provider]["oldest_pending_seconds"] = int((now - since).total_seconds())
+    for row in oldest:
+        if row.pending_since is not None:
+            providers[row.provider]["oldest_pending_seconds"] = int((now - row.pending_since).total_seconds())
+            providers[row.provider]["oldest_pending_customer"] = {
+                "id": row.id, "provider_customer_id": row.provider_customer_id,
+                "pending_since": iso(row.pending_since)}
     for provider, info in health.items():
-        providers.setdefault(provider, {})["health"] = info
+        providers[provider]["health"] = info
     return json_response({"providers": providers, "generated_at": iso(now)})
 
 

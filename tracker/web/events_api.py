@@ -3,8 +3,6 @@ which is what the provider sent, personal fields removed, and is kept for replay
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +13,7 @@ from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import TrackerError
 from tracker.inbox import listing
-from tracker.web.requests import MAX_PAGE, authorize, query_int
+from tracker.web.requests import MAX_PAGE, authorize, before_id, id_cursor, known_params, query_int
 from tracker.web.responses import iso, json_response
 
 PARAMETERS = frozenset({"provider", "outcome", "customer_id", "limit", "cursor"})
@@ -32,27 +30,10 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cursor(event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e{event_id}".encode()).decode().rstrip("=")
-
-
-def _before(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
-        value = int(text[1:]) if text.startswith("e") else 0
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = 0
-    if not 0 < value <= MAX_ID:
-        raise TrackerError("cursor is not one this service gave out; start again without it")
-    return value
-
-
 async def list_events(request: Request) -> Response:
     await authorize(request, "read")
     params = request.query_params
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise TrackerError(f"unknown parameter {unknown[0]!r}; this list takes {', '.join(sorted(PARAMETERS))}")
+    known_params(params, PARAMETERS)
     provider, outcome = params.get("provider"), params.get("outcome")
     if provider is not None and provider not in PROVIDERS:
         raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
@@ -60,9 +41,9 @@ async def list_events(request: Request) -> Response:
         raise TrackerError(f"outcome must be one of {', '.join(listing.OUTCOMES)}")
     customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
     limit = query_int(params, "limit", 50, 1, MAX_PAGE)
-    before = _before(params["cursor"]) if "cursor" in params else None
+    before = before_id("e", params["cursor"]) if "cursor" in params else None
     rows = await run_in_threadpool(listing.page, request.app.state.container.engine, provider=provider,
                                    outcome=outcome, customer_id=customer_id, before=before, limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
     return json_response({"items": [event_json(row) for row in page],
-                          "next_cursor": _cursor(page[-1]["id"]) if more else None})
+                          "next_cursor": id_cursor("e", page[-1]["id"]) if more else None})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -155,6 +157,30 @@ def query_int(params: Any, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise TrackerError(f"{name} must be between {low} and {high}")
     return value
+
+
+def id_cursor(kind: str, last_id: int) -> str:
+    """The opaque ``next_cursor`` of a list ordered by id, newest first (``kind``: one letter per list)."""
+    return base64.urlsafe_b64encode(f"{kind}{last_id}".encode()).decode().rstrip("=")
+
+
+def before_id(kind: str, cursor: str) -> int:
+    """The id a list's ``cursor`` (from ``id_cursor``) continues before; 400 for any other text."""
+    try:
+        text = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+        value = int(text[1:]) if text.startswith(kind) and text[1:].isdigit() else 0
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = 0
+    if not 0 < value <= MAX_ID:
+        raise TrackerError("cursor is not one this service gave out; start again without it")
+    return value
+
+
+def known_params(params: Any, known: frozenset[str]) -> None:
+    """400 naming the first query parameter a list does not take (a typo must not widen the answer)."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TrackerError(f"unknown parameter {unknown[0]!r}; this list takes {', '.join(sorted(known))}")
 
 
 def checked_id(value: Any, what: str = "id") -> int:

@@ -136,16 +136,21 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     return etag in {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
 
 
-def encode_cursor(updated_at: datetime, customer_id: int) -> str:
-    raw = f"{updated_at.isoformat()}|{customer_id}".encode()
+def encode_cursor(at: datetime, customer_id: int, sort: str = "updated") -> str:
+    """The customers list's ``next_cursor``: the last row's sort key (its ``updated_at``, or its
+    ``pending_since`` for ``sort=pending_since``) and id."""
+    raw = f"{at.isoformat()}|{customer_id}{'|p' if sort == 'pending_since' else ''}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str) -> tuple[datetime, int, str]:
+    """``encode_cursor``'s time, id and sort. Raises ValueError (or UnicodeDecodeError) for any other text."""
     padded = cursor + "=" * (-len(cursor) % 4)
     text = base64.urlsafe_b64decode(padded.encode()).decode()
-    stamp, _, ident = text.partition("|")
+    stamp, ident, *rest = text.split("|")
     last = int(ident)
     if not 0 < last <= MAX_ID:
         raise ValueError("the cursor's id is out of range")
-    return datetime.fromisoformat(stamp), last
+    if rest not in ([], ["p"]):
+        raise ValueError("unknown sort")
+    return datetime.fromisoformat(stamp), last, "pending_since" if rest else "updated"
