@@ -34,6 +34,7 @@ from tracker.db.engine import make_engine
 from tracker.settings import Settings
 from tracker.web.app import create_app
 
+pytest_plugins = ["tests.simulated"]  # fixtures of a tracker polling the simulators
 SECRET = "whsec_test_blaaiz_1"
 OLD_SECRET = "whsec_test_blaaiz_0"
 BACKEND = os.environ.get("TEST_DB_BACKEND", "sqlite")

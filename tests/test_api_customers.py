@@ -164,13 +164,6 @@ async def test_resubmission_after_rejection_counts_attempts_and_warns(client, cl
     assert "blacklists" in response.json()["warnings"][0]
 
 
-async def test_submit_for_polled_providers_explains(client, write_key) -> None:
-    customer = await register(client, write_key, provider="connectfi")
-    response = await client.post(f"/v1/customers/{customer['id']}/submit", headers=write_key)
-    assert response.status_code == 422
-    assert "waiting_review" in response.json()["error"]["message"]
-
-
 async def test_unknown_customer_is_404(client, read_key, write_key) -> None:
     assert (await client.get("/v1/customers/999", headers=read_key)).status_code == 404
     response = await client.post("/v1/customers/999/submit", headers=write_key)

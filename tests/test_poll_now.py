@@ -3,74 +3,26 @@ its answer by the poller's own path (claim, budget, plan, write), on a fake cloc
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from tests.conftest import AppliedTransport, free_port, make_settings
+from tests.conftest import free_port, make_settings
+from tests.simulated import key, registered
 from tests.test_cli import run
-from tracker.bootstrap import Container, build
-from tracker.clock import FakeClock
+from tracker.bootstrap import build
 from tracker.db.engine import write_transaction
 from tracker.db.tables import customers, history
-from tracker.providers.simulators import ConnectFiSimulator, CryptoPocketSimulator, HostRouter
-from tracker.web.app import create_app
 
 
-@pytest.fixture
-def sims(clock: FakeClock) -> dict[str, Any]:
-    return {"connectfi": ConnectFiSimulator(clock=clock), "cryptopocket": CryptoPocketSimulator(clock=clock)}
-
-
-@pytest.fixture
-async def polling(database_url: str, clock: FakeClock, sims: dict[str, Any]) -> AsyncIterator[Container]:
-    settings = make_settings(
-        database_url, cryptopocket_base_url=CryptoPocketSimulator.api_base_url,
-        cryptopocket_api_key="sim-cryptopocket-key", cryptopocket_api_secret="sim-cryptopocket-secret",
-        rate_limits={}, poll_interval=timedelta(minutes=5))
-    container = build(settings, clock, transport=HostRouter.of(*sims.values()))
-    container.start()
-    yield container
-    await container.poller.drain()
-    await container.http.aclose()
-    container.stop()
-    container.engine.dispose()
-
-
-@pytest.fixture
-async def api(polling: Container) -> AsyncIterator[httpx.AsyncClient]:
-    transport = AppliedTransport(create_app(polling), polling)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tracker.test") as http:
-        yield http
-
-
-def key(container: Container, scope: str) -> dict[str, str]:
-    name = f"poll-{scope}-{next(_names)}"
-    return {"authorization": f"Bearer {container.api_keys.create(name, scope)}"}
-
-
-_names = itertools.count()
-
-
-async def registered(api: httpx.AsyncClient, container: Container, provider: str, pcid: str) -> dict[str, Any]:
-    response = await api.post("/v1/customers", headers=key(container, "write"),
-                              json={"provider": provider, "provider_customer_id": pcid, "customer_type": "individual"})
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-async def test_poll_now_applies_the_providers_answer_with_the_operator_as_actor(api, polling, clock, sims) -> None:
-    sims["cryptopocket"].add_customer("usr_now", "processing")
-    customer = await registered(api, polling, "cryptopocket", "usr_now")
-    admin = key(polling, "admin")
+async def test_poll_now_applies_the_providers_answer_with_the_operator_as_actor(api, polled, clock, simulators) -> None:
+    simulators["cryptopocket"].add_customer("usr_now", "processing")
+    customer = await registered(api, polled, "cryptopocket", "usr_now")
+    admin = key(polled, "admin")
     first = await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)
     assert first.status_code == 200, first.text
     assert first.json()["poll"] == {"outcome": "changed", "provider_status": "processing", "error": None}
@@ -78,24 +30,24 @@ async def test_poll_now_applies_the_providers_answer_with_the_operator_as_actor(
     assert first.json()["customer"]["last_polled_at"] == clock.now().isoformat().replace("+00:00", "Z")
 
     clock.advance(timedelta(minutes=1))  # long before its next scheduled poll
-    sims["cryptopocket"].set_status("usr_now", "valid")
+    simulators["cryptopocket"].set_status("usr_now", "valid")
     second = await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)
     assert second.json()["poll"]["outcome"] == "changed"
     assert second.json()["customer"]["state"] == "verified"
     third = await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)
     assert third.json()["poll"] == {"outcome": "unchanged", "provider_status": "valid", "error": None}
-    with polling.engine.connect() as conn:
+    with polled.engine.connect() as conn:
         moves = conn.execute(select(history.c.to_state, history.c.source, history.c.actor)
                              .where(history.c.customer_id == customer["id"]).order_by(history.c.id)).all()
     assert (moves[-1].to_state, moves[-1].source) == ("verified", "poll")
     assert moves[-1].actor.startswith("operator:poll-admin-")  # the key's name
-    assert sims["cryptopocket"].stats()["total_requests"] >= 3
+    assert simulators["cryptopocket"].stats()["total_requests"] >= 3
 
 
-async def test_a_failed_poll_shows_on_the_customer_until_one_succeeds(api, polling, clock, sims) -> None:
-    customer = await registered(api, polling, "cryptopocket", "usr_gone")
-    sims["cryptopocket"].forbid("usr_gone")
-    admin = key(polling, "admin")
+async def test_a_failed_poll_shows_on_the_customer_until_one_succeeds(api, polled, clock, simulators) -> None:
+    customer = await registered(api, polled, "cryptopocket", "usr_gone")
+    simulators["cryptopocket"].forbid("usr_gone")
+    admin = key(polled, "admin")
     failed = await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)
     assert failed.status_code == 200, failed.text
     assert failed.json()["poll"]["outcome"] == "failed"
@@ -104,18 +56,18 @@ async def test_a_failed_poll_shows_on_the_customer_until_one_succeeds(api, polli
     got = await api.get(f"/v1/customers/{customer['id']}", headers=admin)
     assert got.json()["last_poll_error"] == failed.json()["poll"]["error"]
 
-    sims["cryptopocket"].forbidden.discard("usr_gone")
-    sims["cryptopocket"].add_customer("usr_gone", "processing")
+    simulators["cryptopocket"].forbidden.discard("usr_gone")
+    simulators["cryptopocket"].add_customer("usr_gone", "processing")
     clock.advance(timedelta(seconds=5))
     recovered = await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)
     assert recovered.json()["poll"]["outcome"] == "changed"
     assert recovered.json()["customer"]["last_poll_error"] is None
 
 
-async def test_the_etag_follows_a_poll_that_moves_nothing(api, polling, clock, sims) -> None:
-    sims["cryptopocket"].add_customer("usr_etag", "unused")
-    customer = await registered(api, polling, "cryptopocket", "usr_etag")
-    admin = key(polling, "admin")
+async def test_the_etag_follows_a_poll_that_moves_nothing(api, polled, clock, simulators) -> None:
+    simulators["cryptopocket"].add_customer("usr_etag", "unused")
+    customer = await registered(api, polled, "cryptopocket", "usr_etag")
+    admin = key(polled, "admin")
     await api.post(f"/v1/customers/{customer['id']}/poll", headers=admin)  # its first status is stored
     before = await api.get(f"/v1/customers/{customer['id']}", headers=admin)
     clock.advance(timedelta(seconds=30))
@@ -131,9 +83,9 @@ async def test_the_etag_follows_a_poll_that_moves_nothing(api, polling, clock, s
     assert unchanged.status_code == 304
 
 
-async def test_poll_now_refusals_name_the_reason_and_poll_nothing(api, polling, clock, sims) -> None:
-    admin = key(polling, "admin")
-    unpolled = await registered(api, polling, "blaaiz", "cus_no_credentials")
+async def test_poll_now_refusals_name_the_reason_and_poll_nothing(api, polled, clock, simulators) -> None:
+    admin = key(polled, "admin")
+    unpolled = await registered(api, polled, "blaaiz", "cus_no_credentials")
     response = await api.post(f"/v1/customers/{unpolled['id']}/poll", headers=admin)
     assert (response.status_code, response.json()["error"]["code"]) == (409, "provider_not_polled")
     assert "credentials" in response.json()["error"]["message"]
@@ -143,31 +95,31 @@ async def test_poll_now_refusals_name_the_reason_and_poll_nothing(api, polling, 
     huge = await api.post("/v1/customers/99999999999999999999999/poll", headers=admin)
     assert huge.status_code == 404
 
-    sims["cryptopocket"].add_customer("usr_busy", "processing")
-    busy = await registered(api, polling, "cryptopocket", "usr_busy")
-    assert (await api.post(f"/v1/customers/{busy['id']}/poll", headers=key(polling, "write"))).status_code == 403
+    simulators["cryptopocket"].add_customer("usr_busy", "processing")
+    busy = await registered(api, polled, "cryptopocket", "usr_busy")
+    assert (await api.post(f"/v1/customers/{busy['id']}/poll", headers=key(polled, "write"))).status_code == 403
     assert (await api.post(f"/v1/customers/{busy['id']}/poll")).status_code == 401
-    with write_transaction(polling.engine) as conn:  # another worker's poll of it is in flight
+    with write_transaction(polled.engine) as conn:  # another worker's poll of it is in flight
         conn.execute(customers.update().where(customers.c.id == busy["id"])
                      .values(poll_lease_owner="other-worker", poll_lease_until=clock.now() + timedelta(seconds=60)))
     held = await api.post(f"/v1/customers/{busy['id']}/poll", headers=admin)
     assert (held.status_code, held.json()["error"]["code"]) == (409, "poll_in_progress")
-    assert sims["cryptopocket"].stats()["total_requests"] == 0
+    assert simulators["cryptopocket"].stats()["total_requests"] == 0
 
 
-async def test_poll_now_waits_for_the_providers_retry_after(api, polling, clock, sims) -> None:
-    sims["cryptopocket"].add_customer("usr_held", "processing")
-    customer = await registered(api, polling, "cryptopocket", "usr_held")
+async def test_poll_now_waits_for_the_providers_retry_after(api, polled, clock, simulators) -> None:
+    simulators["cryptopocket"].add_customer("usr_held", "processing")
+    customer = await registered(api, polled, "cryptopocket", "usr_held")
     from tracker.db import queries
 
-    with write_transaction(polling.engine) as conn:
+    with write_transaction(polled.engine) as conn:
         queries.lock_provider_state(conn, "cryptopocket")
         queries.update_provider_state(conn, "cryptopocket", {"blocked_until": clock.now() + timedelta(minutes=2)})
-    response = await api.post(f"/v1/customers/{customer['id']}/poll", headers=key(polling, "admin"))
+    response = await api.post(f"/v1/customers/{customer['id']}/poll", headers=key(polled, "admin"))
     assert (response.status_code, response.json()["error"]["code"]) == (503, "provider_busy")
     assert "asked not to be called before" in response.json()["error"]["message"]
-    assert sims["cryptopocket"].stats()["total_requests"] == 0
-    with polling.engine.connect() as conn:  # the claim is given back: the scheduled poll is not held up
+    assert simulators["cryptopocket"].stats()["total_requests"] == 0
+    with polled.engine.connect() as conn:  # the claim is given back: the scheduled poll is not held up
         lease = conn.execute(select(customers.c.poll_lease_owner).where(customers.c.id == customer["id"])).scalar()
     assert lease is None
 

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,9 +17,10 @@ from tracker.db import queries
 from tracker.db.engine import write_transaction
 from tracker.db.reads import CustomerReads
 from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger
+from tracker.domain.polling import PUSHING_PROVIDERS
 from tracker.errors import Conflict, Invalid, NotFound
 from tracker.providers import blaaiz
-from tracker.transitions.plans import Customer, Rules, first_poll, plan
+from tracker.transitions.plans import Customer, Rules, first_poll, plan, pollable
 from tracker.transitions.writes import ConcurrentChange, Writes
 
 CUSTOMER_TYPES = ("individual", "business")
@@ -143,28 +144,24 @@ class Customers:
                                                      "version": row.version + 1, "updated_at": now}])
             elif starts_review:
                 self._warn_resubmission(row, warnings)
-                changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now,
-                                      f"upload of {slot}")
+                changes = self._submitted(conn, row, now, f"upload of {slot}", warnings)
             row = self._lock(conn, row.id)
         self.writes.published(changes)
         return CustomerResult(row, warnings=warnings)
 
     def submit(self, customer_id: int) -> CustomerResult:
+        """The integrator has submitted the customer for review at its provider (any provider): the clock starts
+        and the provider is polled at once, so what it says (in review, more data wanted, decided) shows soon."""
         now = self.clock.now()
         warnings: list[str] = []
         with self._begin() as conn:
             row = self._lock(conn, customer_id)
-            if row.provider != blaaiz.NAME:
-                raise Invalid(
-                    f"{row.provider} reviews start when {row.provider} reports them (connectFi: running or "
-                    "waiting_review; CryptoPocket: processing); the tracker learns that by callback or poll"
-                )
             if row.customer_type == "unknown":
                 raise Conflict(UNKNOWN_TYPE)
             if row.state == State.VERIFIED.value:
                 raise Conflict("the customer is verified; there is nothing to submit")
             self._warn_resubmission(row, warnings)
-            changes = self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now, "submit")
+            changes = self._submitted(conn, row, now, "submit", warnings)
             row = self._lock(conn, row.id)
         self.writes.published(changes)
         return CustomerResult(row, warnings=warnings)
@@ -261,7 +258,9 @@ class Customers:
         allowed = CONNECTFI_DOCUMENT_TYPES if row.provider == "connectfi" else CRYPTOPOCKET_DOCUMENT_TYPES
         if slot not in allowed:
             raise Invalid(f"slot must be a {row.provider} document type: {', '.join(allowed)}")
-        return False
+        # The integrator uploads a connectFi application's documents itself: that submits it. CryptoPocket's
+        # users upload in its app; the integrator's report is kept, and /submit or the provider starts the clock.
+        return bool(row.provider == "connectfi" and row.state != State.VERIFIED.value)
 
     @staticmethod
     def _warn_resubmission(row: Row[Any], warnings: list[str]) -> None:
@@ -271,12 +270,27 @@ class Customers:
                 "repeated fraudulent attempts, so check the documents before resubmitting"
             )
 
-    def _apply(self, conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str
-               ) -> list[dict[str, Any]]:
+    def _submitted(self, conn: Connection, row: Row[Any], now: datetime, actor: str, warnings: list[str]
+                   ) -> list[dict[str, Any]]:
+        """Start a review (``submitted``, source api) and, when it moved, poll a provider that does not push
+        its news at the next tick (Blaaiz calls back; its polls keep their own schedule)."""
+        known = pollable(row.provider, row.application_id)
+        at_once = known and row.provider not in PUSHING_PROVIDERS
+        if not known:
+            warnings.append("connectFi is polled by application id and this customer has none; register it "
+                            "again with application_id so the tracker can ask connectFi how the review goes")
+        return self._apply(conn, row, Signal(Trigger.SUBMITTED, Source.API), now, actor,
+                           {"next_poll_at": now} if at_once else None)
+
+    def _apply(self, conn: Connection, row: Row[Any], signal: Signal, now: datetime, actor: str,
+               extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Plan and write one move; ``extra``: columns to store with it (only if it moves the customer)."""
         planned = plan(Customer.of(row._mapping), signal, now, self.rules, actor=actor)
         if planned.decision.outcome in (Outcome.REFUSED, Outcome.CONFLICT):
             raise Conflict(f"cannot {signal.trigger.value if signal.trigger else 'apply'} now: "
                            f"{planned.decision.reason}")
+        if extra and planned.change is not None:
+            planned = replace(planned, values={**planned.values, **extra})
         try:
             return self.writes.write(conn, [planned], now)
         except ConcurrentChange:

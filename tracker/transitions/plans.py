@@ -28,7 +28,7 @@ PROVIDER_SOURCES = frozenset({Source.WEBHOOK, Source.POLL})
 FUTURE_TIME = "future_provider_time"  # the flag of a customer sent a provider time far ahead of the clock
 # The customers' columns ``Customer.of`` reads.
 CUSTOMER_COLUMNS = ("id", "provider", "provider_customer_id", "customer_type", *SNAPSHOT_FIELDS, "tier", "flags",
-                    "reference", "last_signal_at", "last_polled_at")
+                    "reference", "application_id", "last_signal_at", "last_polled_at")
 
 
 class Columns(Protocol):
@@ -49,6 +49,7 @@ class Customer:
     tier: str = Tier.NONE.value
     flags: tuple[str, ...] = ()
     reference: str | None = None
+    application_id: str | None = None
     last_signal_at: datetime | None = None
     last_polled_at: datetime | None = None
 
@@ -60,7 +61,8 @@ class Customer:
         return cls(id=row["id"], provider=row["provider"], provider_customer_id=row["provider_customer_id"],
                    customer_type=row["customer_type"], snapshot=Snapshot(**values), tier=row["tier"],
                    flags=tuple(json.loads(row["flags"])) if row["flags"] else (), reference=row["reference"],
-                   last_signal_at=row["last_signal_at"], last_polled_at=row["last_polled_at"])
+                   application_id=row["application_id"], last_signal_at=row["last_signal_at"],
+                   last_polled_at=row["last_polled_at"])
 
     def named(self) -> dict[str, Any]:
         """What an alert and its notices say about the customer."""
@@ -207,8 +209,14 @@ def _follow_move(customer: Customer, after: Snapshot, signal: Signal, now: datet
     if rules.polling is not None:
         subject = PollSubject(customer.provider, customer.customer_type, after.state, after.pending_since,
                               signal_at, customer.last_polled_at)
-        values["next_poll_at"] = next_poll(subject, rules.polling, now)
+        asked = pollable(customer.provider, customer.application_id)
+        values["next_poll_at"] = next_poll(subject, rules.polling, now) if asked else None
     return values, resolve
+
+
+def pollable(provider: str, application_id: str | None) -> bool:
+    """Whether the provider can be asked about a customer: connectFi only by its application id."""
+    return provider != "connectfi" or bool(application_id)
 
 
 def deadline(policy: EscalationPolicy, provider: str, customer_type: str, pending_since: datetime | None,
@@ -223,7 +231,7 @@ def deadline(policy: EscalationPolicy, provider: str, customer_type: str, pendin
 
 def first_poll(values: Mapping[str, Any], now: datetime, policy: PollPolicy | None) -> datetime | None:
     """When to poll a customer first (registration, discovery). connectFi needs the application id to ask."""
-    if policy is None or (values["provider"] == "connectfi" and not values.get("application_id")):
+    if policy is None or not pollable(values["provider"], values.get("application_id")):
         return None
     subject = PollSubject(values["provider"], values["customer_type"], State(values["state"]),
                           values.get("pending_since"), values.get("last_signal_at"), values.get("last_polled_at"))
