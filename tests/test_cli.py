@@ -59,12 +59,15 @@ def test_the_ticker_does_not_log_every_tick(level: str, expected: str) -> None:
     from tracker.cli.common import start_logging
     from tracker.settings import Settings
 
-    scheduler_log = logging.getLogger("apscheduler")
+    scheduler_log, root = logging.getLogger("apscheduler"), logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
     try:
         start_logging(Settings.from_env({"TRACKER_LOG_LEVEL": level}))
         assert logging.getLevelName(scheduler_log.level) == expected  # NOTSET: as the root logger says
     finally:
         scheduler_log.setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
 
 
 def test_worker_runs_until_sigterm(database_url: str) -> None:

@@ -4,7 +4,6 @@ transaction (so a notice exists exactly when the change that caused it committed
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -17,8 +16,6 @@ from tracker.db import alert_queries
 from tracker.db.engine import write_transaction
 from tracker.domain.escalation import Tier
 from tracker.transitions.plans import NewAlert
-
-log = logging.getLogger("tracker.alerts")
 
 PROVIDER_NAMES = {"blaaiz": "Blaaiz", "connectfi": "connectFi", "cryptopocket": "CryptoPocket"}
 SEVERITY = {"critical": "critical", "overdue": "warning", "conflict": "error", "unknown_status": "warning"}
@@ -33,6 +30,10 @@ class AlertSettings:
     incident_window: timedelta = timedelta(minutes=10)
 
 
+def logged(action: str, alert: Mapping[str, Any] | RowMapping, incident_id: int | None = None) -> dict[str, Any]:
+    """What ``Writes.published`` logs of an alert raised or resolved, once the transaction that did it committed."""
+    return {"alert_id": alert["id"], "action": action, "kind": alert["kind"], "provider": alert["provider"],
+            "customer_id": alert["customer_id"], "incident_id": incident_id}
 
 
 def advice(kind: str, provider: str, customer: Mapping[str, Any] | RowMapping | None) -> str:
@@ -107,17 +108,20 @@ def _alert_values(settings: AlertSettings, kind: str, key: str, provider: str, n
     }
 
 
-def raise_alerts(conn: Connection, settings: AlertSettings, new: Sequence[NewAlert], now: datetime) -> int:
+def raise_alerts(conn: Connection, settings: AlertSettings, new: Sequence[NewAlert], now: datetime
+                 ) -> list[dict[str, Any]]:
     """Several alerts of the kinds that never fold into a provider incident (conflict, unknown_status), each
     once per key, in two statements whatever their number: one for the alerts, one for all their notices.
-    ``raise_alert`` does the same for one. Returns how many were new. (The webhook writer runs the same two
-    steps on its own cursor: ``prepare_alerts``, then ``notification_rows_for`` the ids the insert returned.)"""
+    ``raise_alert`` does the same for one. Returns what to log of those that were new (``logged``). (The
+    webhook writer runs the same two steps on its own cursor: ``prepare_alerts``, then
+    ``notification_rows_for`` the ids the insert returned.)"""
     prepared = prepare_alerts(new, settings, now)
     if not prepared:
-        return 0
+        return []
     ids = alert_queries.insert_alerts(conn, [values for _, values in prepared.values()])
     alert_queries.insert_notifications(conn, notification_rows_for(prepared, ids, settings, now))
-    return len(ids)
+    return [logged("raised", {**prepared[key][1], "id": alert_id})
+            for key, alert_id in sorted(ids.items(), key=lambda item: item[1])]
 
 
 def prepare_alerts(new: Sequence[NewAlert], settings: AlertSettings, now: datetime
@@ -142,31 +146,34 @@ def notification_rows_for(prepared: Mapping[str, tuple[NewAlert, dict[str, Any]]
         alert, values = prepared[key]
         rows += _notification_rows(notice_for({**values, "id": alert_id}, "trigger", now, alert.customer),
                                    settings.channels, now)
-        log.info("alert %s raised: %s", alert_id, key)
     return rows
 
 
 def raise_alert(conn: Connection, settings: AlertSettings, *, key: str, kind: str, provider: str, now: datetime,
                 title: str, customer: Mapping[str, Any] | RowMapping | None = None, attempt: int | None = None,
-                detail: Mapping[str, Any] | None = None) -> int | None:
+                detail: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Open an alert (once per key) and enqueue its notices; fold it into a provider incident when many
-    customers of one provider cross the same tier together. Returns the new alert's id, or None if it existed."""
+    customers of one provider cross the same tier together. Returns what to log (``logged``): nothing if the
+    alert existed, else the alert, after the incident it opened if it did."""
     values = _alert_values(settings, kind, key, provider, now, title, customer, attempt, detail)
     alert_id = alert_queries.insert_alert(conn, values)
     if alert_id is None:
-        return None
+        return []
     alert = {**values, "id": alert_id}
-    incident = _incident(conn, settings, kind, provider, now) if kind in (Tier.OVERDUE, Tier.CRITICAL) else None
+    opened: list[dict[str, Any]] = []
+    incident = (_incident(conn, settings, kind, provider, now, opened) if kind in (Tier.OVERDUE, Tier.CRITICAL)
+                else None)
     if incident is not None:
         alert_queries.update_alert(conn, alert_id, {"incident_id": incident, "next_repeat_at": None})
-        return alert_id
+        return [*opened, logged("raised", alert, incident)]
     enqueue(conn, notice_for(alert, "trigger", now, customer), settings.channels, now)
-    log.info("alert %s raised: %s", alert_id, key)
-    return alert_id
+    return [logged("raised", alert)]
 
 
-def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: str, now: datetime) -> int | None:
-    """The provider incident this tier crossing folds into, opened now if the threshold is reached."""
+def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: str, now: datetime,
+              opened: list[dict[str, Any]]) -> int | None:
+    """The provider incident this tier crossing folds into, opened now (and added to ``opened``) if the
+    threshold is reached."""
     since = now - settings.incident_window
     recent = alert_queries.count_recent_alerts(conn, provider, tier, since, up_to=settings.incident_threshold)
     if recent < settings.incident_threshold:
@@ -189,6 +196,7 @@ def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: st
         found = alert_queries.open_incident(conn, provider, tier, since)
         return None if found is None else int(found.id)
     enqueue(conn, notice_for({**values, "id": incident_id}, "trigger", now, None), settings.channels, now)
+    opened.append(logged("raised", {**values, "id": incident_id}))
     # The open per-customer alerts of this crossing fold into it.
     for row in alert_queries.recent_alerts(conn, provider, tier, since):
         if row.incident_id is None and row.id != incident_id:
@@ -197,14 +205,15 @@ def _incident(conn: Connection, settings: AlertSettings, tier: str, provider: st
 
 
 def resolve_customer(conn: Connection, settings: AlertSettings, customer: Mapping[str, Any] | RowMapping,
-                     now: datetime) -> int:
-    """The customer left ``pending``: resolve its open tier alerts and tell the channels that take resolves."""
-    resolved = 0
+                     now: datetime) -> list[dict[str, Any]]:
+    """The customer left ``pending``: resolve its open tier alerts and tell the channels that take resolves.
+    Returns what to log of the alerts (and incidents) resolved (``logged``)."""
+    resolved: list[dict[str, Any]] = []
     for alert in alert_queries.open_alerts_of(conn, customer["id"]):
         if alert.kind not in (Tier.OVERDUE.value, Tier.CRITICAL.value):
             continue
         alert_queries.update_alert(conn, alert.id, {"state": "resolved", "resolved_at": now, "next_repeat_at": None})
-        resolved += 1
+        resolved.append(logged("resolved", alert._mapping, alert.incident_id))
         if alert_queries.notifications_of(conn, [alert.id]):  # it was announced (not folded at birth): announce the end
             enqueue(conn, notice_for(alert._mapping, "resolve", now, {**customer, "pending_since": None}),
                     _resolve_channels(settings), now)
@@ -212,6 +221,7 @@ def resolve_customer(conn: Connection, settings: AlertSettings, customer: Mappin
             incident = alert_queries.get_alert(conn, alert.incident_id, lock=True)
             if incident is not None and incident.state != "resolved":
                 alert_queries.update_alert(conn, incident.id, {"state": "resolved", "resolved_at": now})
+                resolved.append(logged("resolved", incident._mapping))
                 enqueue(conn, notice_for(incident._mapping, "resolve", now, None), _resolve_channels(settings), now)
     return resolved
 

@@ -27,7 +27,7 @@ from tracker.domain.lifecycle import State
 from tracker.metrics import Metrics
 from tracker.providers.base import CustomerRef, ProviderError, StatusReport
 from tracker.transitions.plans import Customer, Rules, deadline, plan
-from tracker.transitions.writes import ConcurrentChange, Writes
+from tracker.transitions.writes import ConcurrentChange, Notices, Writes
 
 log = logging.getLogger("tracker.escalation")
 ORDER = (Tier.NONE, Tier.OVERDUE, Tier.CRITICAL)
@@ -120,19 +120,19 @@ class Escalator:
             list(pool.map(lambda chunk: self._settle_chunk(chunk, reports), chunks))
 
     def _settle_chunk(self, chunk: list[Row[Any]], reports: dict[int, StatusReport]) -> None:
-        changes: list[dict[str, Any]] = []
+        changes = Notices()
         try:
             with self._begin() as conn:
                 for claimed in chunk:
-                    changes += self._settle_alone(conn, claimed.id, reports.get(claimed.id))
+                    changes.gather(self._settle_alone(conn, claimed.id, reports.get(claimed.id)))
             self.writes.published(changes)
         except Exception:
             log.exception("escalating customers %s failed; they are retried after their lease",
                           ", ".join(str(claimed.id) for claimed in chunk))
 
-    def _settle_alone(self, conn: Connection, customer_id: int, report: StatusReport | None
-                      ) -> list[dict[str, Any]]:
-        """Settle one customer in a savepoint of its own; the change notices of what its check moved."""
+    def _settle_alone(self, conn: Connection, customer_id: int, report: StatusReport | None) -> Notices:
+        """Settle one customer in a savepoint of its own; the notices of what its check moved and the alerts it
+        raised (for ``Writes.published``)."""
         try:
             with conn.begin_nested():
                 return self._settle_one(conn, customer_id, report)
@@ -142,15 +142,14 @@ class Escalator:
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 raise  # the transaction is gone: the whole chunk is retried after its lease
             log.exception("escalating customer %s failed; it is retried after its lease", customer_id)
-        return []
+        return Notices()
 
-    def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None
-                    ) -> list[dict[str, Any]]:
+    def _settle_one(self, conn: Connection, customer_id: int, report: StatusReport | None) -> Notices:
         now = self.clock.now()
         row = queries.lock_customer(conn, customer_id)
         if row is None or row.deadline_lease_owner != self.owner:
-            return []
-        changes: list[dict[str, Any]] = []
+            return Notices()
+        changes = Notices()
         if report is not None:
             planned = plan(Customer.of(row._mapping), report.signal, now, self.rules, actor=f"check:{self.owner}",
                            flags=tuple(report.flags),
@@ -168,7 +167,7 @@ class Escalator:
             reached = tier_at(thresholds, row.pending_since, now)
             current = Tier(row.tier)
             for tier in ORDER[ORDER.index(current) + 1:ORDER.index(reached) + 1]:
-                self._raise(conn, row, tier, now)
+                changes.alerts += self._raise(conn, row, tier, now)
             if ORDER.index(reached) > ORDER.index(current):
                 values["tier"] = reached.value
                 values["version"] = row.version + 1
@@ -180,18 +179,20 @@ class Escalator:
             raise ConcurrentChange(f"customer {row.id} changed meanwhile")
         return changes
 
-    def _raise(self, conn: Connection, row: Row[Any], tier: Tier, now: datetime) -> None:
+    def _raise(self, conn: Connection, row: Row[Any], tier: Tier, now: datetime) -> list[dict[str, Any]]:
+        """Raise the ``tier`` alert of this attempt; what ``Writes.published`` is to log once it is committed."""
         pending = int((now - row.pending_since).total_seconds()) if row.pending_since else 0
         name = row.provider
         title = (f"{name} verification of {row.provider_customer_id} pending {pending // 3600} h "
                  f"{(pending % 3600) // 60:02d} min: {tier.value}")
-        alert = raise_alert(conn, self.alerts, key=f"customer:{row.id}:attempt:{row.attempts}:{tier.value}",
+        raised = raise_alert(conn, self.alerts, key=f"customer:{row.id}:attempt:{row.attempts}:{tier.value}",
                             kind=tier.value, provider=row.provider, now=now, customer=row._mapping,
                             attempt=row.attempts, title=title,
                             detail={"tier": tier.value, "pending_since": row.pending_since.isoformat()
                                     if row.pending_since else None})
-        if alert is not None and self.metrics is not None:
+        if raised and self.metrics is not None:
             self.metrics.alerts.labels(row.provider, tier.value).inc()
+        return raised
 
     def _repeats(self) -> None:
         """Unacknowledged critical alerts are announced again every ``critical_repeat``."""

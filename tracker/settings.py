@@ -115,17 +115,32 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[tuple[int, timedelta], ...]] = {
 }
 
 
-def _log_level(value: str) -> str:
-    level = value.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"{value!r} is not one of debug, info, warning, error")
-    return level
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value.strip().lower()
+    return parse
+
+
+def _boolean(value: str) -> bool:
+    return _one_of("true", "false", "1", "0", "yes", "no", "on", "off")(value) in ("true", "1", "yes", "on")
+
+
+def _port(value: str) -> int:
+    port = int(value) if value.strip().isdecimal() else -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r} is not a port number (1 to 65535, or 0 for off)")
+    return port
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///./tracker.db"
     log_level: str = "INFO"
+    log_format: str = "text"  # or json: one object per line
+    access_log: bool = False
+    metrics_port: int = 9464  # where tracker worker serves /metrics and /healthz; 0: not served
     blaaiz_webhook_secrets: tuple[str, ...] = ()
     blaaiz_webhook_tolerance: int = 300
     blaaiz_base_url: str = "https://api-dev.blaaiz.com"
@@ -177,7 +192,10 @@ class Settings:
         critical: dict[str, timedelta] = {}
         parsers: dict[str, Callable[[str], Any]] = {
             "DATABASE_URL": _database_url,
-            "LOG_LEVEL": _log_level,
+            "LOG_LEVEL": lambda value: _one_of("debug", "info", "warning", "error")(value).upper(),
+            "LOG_FORMAT": _one_of("text", "json"),
+            "ACCESS_LOG": _boolean,
+            "METRICS_PORT": _port,
             "BLAAIZ_WEBHOOK_SECRETS": _secrets,
             "BLAAIZ_WEBHOOK_TOLERANCE": _seconds,
             "BLAAIZ_BASE_URL": _http_url,

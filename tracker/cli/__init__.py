@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from tracker.cli.common import ready, settings_from_env, start_logging
+from tracker.cli.common import ready, settings_from_env, start_logging, uvicorn_logging
 from tracker.cli.operator import (
     cmd_alerts_ack,
     cmd_alerts_list,
@@ -44,8 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # otherwise pause every request for tens of milliseconds (bench/ingest's p99).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False,
-                proxy_headers=True, server_header=False, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True, server_header=False,
+                timeout_graceful_shutdown=10, **uvicorn_logging(settings))
     return 0
 
 
@@ -54,12 +54,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
     from tracker.bootstrap import build, describe, prepare_database
+    from tracker.cli.metrics_server import MetricsServer
 
     settings = settings_from_env()
     start_logging(settings)
     container = build(settings)
     prepare_database(container, upgrade=settings.is_sqlite)
     log.info("%s; worker", describe(container))
+    metrics = MetricsServer(container, args.metrics_host)
     if not container.poller.plans:
         log.warning("no provider credentials are configured: there is nothing to poll")
 
@@ -70,10 +72,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         container.start()  # the inbox's applier runs here too
         await container.start_worker()
+        await metrics.start()
         log.info("worker %s polling %s", container.poller.owner, ", ".join(container.poller.plans) or "nothing")
         await stop.wait()
         log.info("worker stopping: finishing the polls in flight")
         await container.stop_worker()
+        await metrics.stop()
         container.stop()
 
     asyncio.run(run())
@@ -174,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run only the scheduler")
+    worker.add_argument("--metrics-host", default="0.0.0.0",  # noqa: S104 - scraped from outside, as exporters are
+                        help="where /metrics and /healthz listen (port: TRACKER_METRICS_PORT, 0 for none)")
     worker.set_defaults(func=cmd_worker)
 
     db = sub.add_parser("db", help="database schema")

@@ -1,14 +1,14 @@
 """The only code that turns plans into rows: the customers' new columns, history, alerts raised and resolved.
 
 It runs in the caller's transaction (one per API call, poll result or escalation check; one per batch for the
-applier) and never commits. Once the caller has committed, ``published`` counts the moves and hands their
-change notices to whoever listens.
+applier) and never commits. Once the caller has committed, ``published`` logs the moves and the alerts raised
+and resolved (a line each, at info), counts the moves and hands their change notices to whoever listens.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +20,28 @@ from tracker.metrics import Metrics
 from tracker.transitions.plans import Plan
 
 log = logging.getLogger("tracker.transitions")
+# ids, states and names of our own vocabulary only: never a person's name, an e-mail or a document
+CHANGE_LINE = "customer %s %s -> %s: provider=%s trigger=%s source=%s event=%s"
+ALERT_LINE = "alert %s %s: kind=%s customer=%s provider=%s incident=%s"
 Listener = Callable[[list[dict[str, Any]]], None]
 
 
 class ConcurrentChange(Exception):
     """A customer's row changed between the read and the write (its version moved)."""
+
+
+class Notices(list[dict[str, Any]]):
+    """What a write hands to ``published``: its change notices (the list itself, empty when nothing moved) and,
+    in ``alerts``, the alerts it raised and resolved, logged like the moves once they are committed."""
+
+    def __init__(self, changes: Iterable[dict[str, Any]] = (), alerts: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(changes)
+        self.alerts = list(alerts)
+
+    def gather(self, other: Notices) -> None:
+        """Add another write's notices (several writes committed together)."""
+        self.extend(other)
+        self.alerts += other.alerts
 
 
 class Writes:
@@ -33,10 +50,11 @@ class Writes:
         self.metrics = metrics
         self.listeners: list[Listener] = []
 
-    def write(self, conn: Connection, plans: Sequence[Plan], now: datetime) -> list[dict[str, Any]]:
+    def write(self, conn: Connection, plans: Sequence[Plan], now: datetime) -> Notices:
         """Store ``plans`` (in order; several may concern one customer, each planned from the one before) and
-        return their change notices. Raises ``ConcurrentChange`` when a customer's row is no longer at the
-        version its first plan read: nothing of the transaction is then to be kept."""
+        return their change notices, with the alerts raised and resolved (``Notices``). Raises
+        ``ConcurrentChange`` when a customer's row is no longer at the version its first plan read: nothing of
+        the transaction is then to be kept."""
         updates: dict[int, dict[str, Any]] = {}
         for planned in plans:
             if not planned.values:
@@ -50,13 +68,15 @@ class Writes:
         if updates and queries.update_customers(conn, list(updates.values())) != len(updates):
             raise ConcurrentChange("a customer changed while its change was being decided")
         queries.insert_history(conn, [planned.history for planned in plans if planned.history is not None])
+        alerts: list[dict[str, Any]] = []
         if self.alerts is not None:
             raised = [alert for planned in plans for alert in planned.alerts]
             if raised:
-                raise_alerts(conn, self.alerts, raised, now)
+                alerts += raise_alerts(conn, self.alerts, raised, now)
             for planned in plans:
                 if planned.resolve_tier_alerts:
-                    resolve_customer(conn, self.alerts, {**planned.after.named(), "pending_since": None}, now)
+                    alerts += resolve_customer(conn, self.alerts, {**planned.after.named(), "pending_since": None},
+                                               now)
         for planned in plans:
             for alert in planned.alerts:
                 if alert.kind == "unknown_status":
@@ -64,17 +84,26 @@ class Writes:
                                 alert.provider, planned.before.id)
                     if self.metrics is not None:
                         self.metrics.unknown_status.labels(alert.provider).inc()
-        return [planned.change for planned in plans if planned.change is not None]
+        return Notices((planned.change for planned in plans if planned.change is not None), alerts)
 
     def published(self, changes: list[dict[str, Any]]) -> None:
-        """After the commit that stored ``changes``: count them and tell the listeners."""
-        if not changes:
+        """After the commit that stored what ``write`` returned (``Notices``, or a plain list of change notices):
+        log the moves and the alerts, count the moves and tell the listeners."""
+        alerts = changes.alerts if isinstance(changes, Notices) else ()
+        if not changes and not alerts:
             return
+        info = log.isEnabledFor(logging.INFO)  # no formatting, not even the call, when nobody reads it
         for change in changes:
-            log.info("customer %s: %s -> %s (%s, %s)", change["customer_id"], change["from"], change["to"],
-                     change["trigger"], change["source"])
+            if info:
+                log.info(CHANGE_LINE, change["customer_id"], change["from"], change["to"], change["provider"],
+                         change["trigger"], change["source"], change["event_id"])
             if self.metrics is not None:
                 self.metrics.observe_transition(change["provider"], change["from"], change["to"], change["trigger"],
                                                 change["source"])
-        for listener in self.listeners:
-            listener(changes)
+        if info:
+            for alert in alerts:
+                log.info(ALERT_LINE, alert["alert_id"], alert["action"], alert["kind"], alert["customer_id"],
+                         alert["provider"], alert["incident_id"])
+        if changes:
+            for listener in self.listeners:
+                listener(changes)

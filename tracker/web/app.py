@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.errors import TrackerError
+from tracker.logs import redact_path
 from tracker.web import alerts_api, api, events_api, openapi, ops, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
@@ -84,13 +86,34 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    log.warning("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    log.warning("database error on %s %s: %s", request.method, redact_path(request.url.path), type(exc).__name__)
     return error(503, "database_unavailable", "the database is unavailable; retry later", {"Retry-After": "30"})
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return UNEXPECTED.response()
+class _Unexpected:
+    """Answers 500 to an exception no handler took, and logs it with its traceback once. Nothing re-raises it
+    (as Starlette's own catch-all does), so the server does not log a second traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("unexpected error on %s %s", scope["method"], redact_path(scope["path"]))
+            if not started:  # else the answer is cut short: the client sees the connection end
+                await UNEXPECTED.response()(scope, receive, send)
 
 
 def create_app(container: Any, *, worker: bool = False) -> Starlette:
@@ -112,9 +135,8 @@ def create_app(container: Any, *, worker: bool = False) -> Starlette:
             container.stop()
 
     receivers = webhooks.receivers(container.settings)
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_Unexpected)], exception_handlers={
         TrackerError: _tracker_error, HTTPException: _http_error, DBAPIError: _database_error,
-        Exception: _unexpected,
     })
     app.state.container = container
     app.state.receivers = receivers

@@ -10,6 +10,7 @@ provider retries. Nothing here reads or writes customers.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from tracker.inbox.store import Delivery
 from tracker.providers import blaaiz, connectfi, cryptopocket
 from tracker.settings import Settings
 from tracker.web.requests import decode_json, is_json, read_body
-from tracker.web.responses import Reply, dumps, error, error_reply
+from tracker.web.responses import Reply, dumps, error_reply
 
+log = logging.getLogger("tracker.webhooks")
 _EMAIL_IN_RAW = re.compile(rb'"customer_email"\s*:\s*"(?:[^"\\]|\\.)*"')
 RETRY_AFTER_SECONDS = "30"
 
@@ -70,6 +72,14 @@ def receivers(settings: Settings) -> dict[str, Receiver]:
     }
 
 
+def refused(provider: str, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+            ) -> Reply:
+    """The answer to a delivery that is not taken, and its log line: the provider, the status and why; never the
+    body, the signature or a secret."""
+    log.info("webhook refused: provider=%s status=%s code=%s reason=%s", provider, status, code, message)
+    return error_reply(status, code, message, headers)
+
+
 def _encode(payload: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(payload)
@@ -86,7 +96,7 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
         receiver.verify(headers, params, body, now)
     except ValueError as exc:
         container.metrics.observe_webhook(provider, "unauthorized")
-        return error_reply(401, "invalid_signature", str(exc))
+        return refused(provider, 401, "invalid_signature", str(exc))
     kept = {}
     for name in (*receiver.kept_headers, "user-agent"):
         value = headers.get(name)
@@ -114,9 +124,9 @@ async def receive(container: Any, receiver: Receiver, headers: Mapping[str, str]
     try:
         result = await container.inbox.submit(delivery)
     except DatabaseUnavailable as exc:
-        return error_reply(503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
+        return refused(provider, 503, exc.code, exc.message, {"Retry-After": RETRY_AFTER_SECONDS})
     if result.status == "rejected":
-        return error_reply(400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
+        return refused(provider, 400, "invalid_event", f"{result.reason} (stored as event {result.event_id})")
     # What json_response({"status": ..., "event": ...}) writes, without the generic encoder on the hot path.
     return Reply(200, f'{{"status":"{result.status}","event":{result.event_id}}}'.encode())
 
@@ -137,10 +147,11 @@ async def _endpoint(request: Request, provider: str) -> Response:
     container = request.app.state.container
     try:
         if not is_json(request.headers.get("content-type", "")):
-            return error(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
+            return refused(provider, 415, "unsupported_media_type",
+                           "send the event as JSON (Content-Type: application/json)").response()
         body = await read_body(request)
     except TrackerError as exc:
-        return error(exc.status, exc.code, exc.message)
+        return refused(provider, exc.status, exc.code, exc.message).response()
     reply = await receive(container, request.app.state.receivers[provider], request.headers, request.path_params,
                           body)
     return reply.response()
