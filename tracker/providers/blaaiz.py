@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -84,15 +85,20 @@ def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now:
         sent_at = int(timestamp.strip())
     except ValueError:
         raise SignatureError(f"{TIMESTAMP_HEADER} is not unix seconds") from None
-    if tolerance_seconds and abs(now.timestamp() - sent_at) > tolerance_seconds:
+    try:
+        skew = abs(now.timestamp() - sent_at)
+    except OverflowError:  # more digits than a float holds: no time near now
+        skew = math.inf
+    if tolerance_seconds and skew > tolerance_seconds:
         raise SignatureError(
             f"{TIMESTAMP_HEADER} is outside the allowed window of {tolerance_seconds} s; check the sender's clock"
         )
-    given = signature.strip().lower().removeprefix("sha256=")
+    # Compared as bytes: compare_digest raises TypeError for text with non-ASCII characters.
+    given = signature.strip().lower().removeprefix("sha256=").encode("utf-8", "surrogatepass")
     matched = False
     for secret in secrets:
         # Check every secret, so the time taken does not say which one matched.
-        matched |= hmac.compare_digest(sign(secret, timestamp.strip(), body), given)
+        matched |= hmac.compare_digest(sign(secret, timestamp.strip(), body).encode(), given)
     if not matched:
         raise SignatureError("signature does not match the body with any configured secret")
 
@@ -104,7 +110,10 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return unix_time(value)
+        try:
+            return unix_time(value)
+        except OverflowError:  # an integer no float holds (JSON numbers have any length)
+            raise ValueError("the number is too large to be a time") from None
     if not isinstance(value, str):
         raise ValueError(f"{type(value).__name__} is not a time")
     text = value.strip().replace(" ", "T", 1)
@@ -114,7 +123,10 @@ def parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{value[:40]!r} is not an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 once in UTC
+        raise ValueError(f"{value[:40]!r} is out of the range of times once in UTC") from None
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,17 +47,22 @@ STATUS_TRIGGERS: dict[str, Trigger | None] = {
     "processing": Trigger.PROVIDER_REVIEWING,
     "unused": None,
 }
-KEPT_FIELDS = ("event", "type", "user_id", "kyc_status", "timestamp", "id", "event_id")
+KEPT_FIELDS = ("event", "type", "user_id", "userId", "kyc_status", "timestamp", "id", "event_id")
 
 
 class SignatureError(ValueError):
     pass
 
 
+def _bytes(text: str) -> bytes:
+    """Header text as bytes for compare_digest, which raises TypeError for text with non-ASCII characters."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def signature_matches(secret: str, body: bytes, timestamp: str, given: str) -> bool:
     digest = hmac.new(secret.encode(), body + timestamp.encode(), hashlib.sha256).digest()
     candidate = given.strip().removeprefix("sha256=")
-    if hmac.compare_digest(digest.hex(), candidate.lower()):
+    if hmac.compare_digest(digest.hex().encode(), _bytes(candidate.lower())):
         return True
     try:
         decoded = base64.b64decode(candidate, validate=True)
@@ -74,7 +80,7 @@ def verify(headers: Mapping[str, str], body: bytes, api_key: str | None, api_sec
     key = lowered.get(KEY_HEADER)
     signature = lowered.get(SIGNATURE_HEADER)
     timestamp = lowered.get(TIMESTAMP_HEADER)
-    if not key or not hmac.compare_digest(key.strip(), api_key):
+    if not key or not hmac.compare_digest(_bytes(key.strip()), _bytes(api_key)):
         raise SignatureError("missing or unknown X-API-Key")
     if not signature:
         raise SignatureError("missing X-Signature header")
@@ -84,7 +90,11 @@ def verify(headers: Mapping[str, str], body: bytes, api_key: str | None, api_sec
         sent_at = int(timestamp.strip())
     except ValueError:
         raise SignatureError("X-Timestamp is not unix seconds") from None
-    if now.timestamp() - sent_at > WINDOW_SECONDS or sent_at - now.timestamp() > WINDOW_SECONDS:
+    try:
+        skew = abs(now.timestamp() - sent_at)
+    except OverflowError:  # more digits than a float holds: no time near now
+        skew = math.inf
+    if skew > WINDOW_SECONDS:
         raise SignatureError("X-Timestamp is more than 5 minutes away; check the sender's clock")
     if not signature_matches(api_secret, body, timestamp.strip(), signature):
         raise SignatureError("signature does not match the body")
@@ -99,7 +109,12 @@ def map_kyc_status(raw: Any, source: Source) -> tuple[str, Signal, bool]:
 
 
 def scrub(payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: payload[key] for key in KEPT_FIELDS if key in payload}
+    """The fields ``parse`` reads, also under ``data``: the applier parses the stored body again."""
+    kept = {key: payload[key] for key in KEPT_FIELDS if key in payload}
+    data = payload.get("data")
+    if isinstance(data, Mapping):
+        kept["data"] = {key: data[key] for key in KEPT_FIELDS if key in data}
+    return kept
 
 
 def parse(payload: Any) -> ParsedEvent:
@@ -116,7 +131,7 @@ def parse(payload: Any) -> ParsedEvent:
     if isinstance(when, int | float) and not isinstance(when, bool):
         try:
             signal = Signal(signal.trigger, signal.source, signal.provider_status, unix_time(when), signal.comment)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: an integer no float holds
             raise ParseError(f"timestamp cannot be read: {exc}") from None
     event_id = payload.get("event_id") or payload.get("id")
     content = [NAME, str(user_id), raw, when]
