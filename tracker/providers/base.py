@@ -72,12 +72,16 @@ class Adapter(Protocol):
 def unix_time(value: float) -> datetime:
     """Unix seconds as an aware UTC time. Raises ValueError for what no time can hold (NaN, infinities, years
     past 9999 or before 1): such a value in a webhook is refused, never a 500."""
-    if not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a time")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer no float holds (JSON numbers have any length)
+        finite = False
+    if not finite:
+        raise ValueError(f"{value!r:.40} is not a time")
     try:
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
-        raise ValueError(f"{value!r} seconds since 1970 is out of the range of times") from None
+        raise ValueError(f"{value!r:.40} seconds since 1970 is out of the range of times") from None
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

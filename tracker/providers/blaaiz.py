@@ -110,10 +110,7 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return unix_time(value)
-        except OverflowError:  # an integer no float holds (JSON numbers have any length)
-            raise ValueError("the number is too large to be a time") from None
+        return unix_time(value)
     if not isinstance(value, str):
         raise ValueError(f"{type(value).__name__} is not a time")
     text = value.strip().replace(" ", "T", 1)

@@ -131,7 +131,7 @@ def parse(payload: Any) -> ParsedEvent:
     if isinstance(when, int | float) and not isinstance(when, bool):
         try:
             signal = Signal(signal.trigger, signal.source, signal.provider_status, unix_time(when), signal.comment)
-        except (ValueError, OverflowError) as exc:  # OverflowError: an integer no float holds
+        except ValueError as exc:
             raise ParseError(f"timestamp cannot be read: {exc}") from None
     event_id = payload.get("event_id") or payload.get("id")
     content = [NAME, str(user_id), raw, when]
