@@ -109,6 +109,23 @@ async def authorize(request: Request, scope: str) -> Principal:
                                   scope)
 
 
+SESSION_COOKIE = "tracker_session"  # the dashboard's: the API key, HttpOnly and SameSite=Strict (dashboard_auth)
+
+
+async def dashboard_principal(request: Request, scope: str) -> Principal:
+    """``authorize`` for what a browser also reads: the ``Authorization: Bearer`` key when the header is sent (the
+    same path), else the key in the dashboard's session cookie (its pages, an EventSource). 401 without a valid
+    key, 403 with too small a scope. Safe for GETs as is; a state-changing request that takes the cookie must also
+    check that it comes from the dashboard's own origin (``dashboard_auth.same_origin``)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        session = request.cookies.get(SESSION_COOKIE)
+        if not session:
+            raise Unauthorized("send an API key as 'Authorization: Bearer <key>', or sign in to the dashboard at /")
+        authorization = f"Bearer {session}"
+    return await authorize_header(request.app.state.container.api_keys, authorization, scope)
+
+
 async def authorize_header(keys: ApiKeys, authorization: str, scope: str) -> Principal:
     """``authorize`` for an ``Authorization`` header value (endpoints that are plain ASGI apps)."""
     token = bearer_token(authorization)
