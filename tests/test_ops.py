@@ -61,7 +61,8 @@ def test_the_start_up_line_says_what_runs_and_never_a_secret(tmp_path) -> None:
     from datetime import timedelta
 
     from tests.conftest import make_settings
-    from tracker.bootstrap import build, describe
+    from tracker.bootstrap import build
+    from tracker.cli.common import describe
     from tracker.db.engine import make_engine
 
     settings = make_settings(

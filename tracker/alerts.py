@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping
 
 from tracker.alerting.base import Notice
-from tracker.db import alert_queries
+from tracker.db import alert_queries, feed
 from tracker.db.engine import write_transaction
 from tracker.domain.escalation import Tier
 from tracker.transitions.plans import NewAlert
@@ -237,6 +237,7 @@ def acknowledge(conn: Connection, alert_id: int, actor: str, now: datetime) -> A
     if alert.state == "open":
         alert_queries.update_alert(conn, alert_id, {"state": "acknowledged", "acknowledged_at": now,
                                               "acknowledged_by": actor, "next_repeat_at": None})
+        feed.append(conn, feed.entries(alerts=[logged("acknowledged", alert._mapping, alert.incident_id)]), now)
     return alert_queries.get_alert(conn, alert_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ from tracker.alerting.slack import SlackChannel
 from tracker.alerting.webhook import SignedWebhookChannel
 from tracker.alerts import AlertSettings
 from tracker.apikeys import ApiKeys
+from tracker.changes import ChangeHub
 from tracker.clock import Clock, SystemClock
 from tracker.customers import Customers
 from tracker.db import alert_queries, migrate, queries
@@ -66,6 +68,7 @@ class Container:
     poller: Poller
     escalator: Escalator
     outbox: Outbox
+    changes: ChangeHub
     head: str | None = field(default=None)
     ticker: Ticker | None = field(default=None)
 
@@ -81,8 +84,11 @@ class Container:
     async def start_worker(self) -> None:
         """Start the scheduler on the running loop (``tracker worker``, and ``tracker serve`` by default)."""
         self.ticker = Ticker(self.settings.tick, {"poll": self.poller.tick, "escalate": self.escalator.tick,
-                                                  "deliver": self.outbox.tick})
+                                                  "deliver": self.outbox.tick, "prune": self._prune})
         self.ticker.start()
+
+    async def _prune(self) -> None:
+        await asyncio.to_thread(self.changes.prune)
 
     async def stop_worker(self) -> None:
         if self.ticker is not None:
@@ -199,6 +205,8 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     escalation = escalation_policy(settings)
     rules = Rules(escalation=escalation, polling=policy, clock_skew=settings.clock_skew)
     writes = Writes(alert_settings, metrics)
+    changes = ChangeHub(engine, clock)
+    writes.committed.append(changes.poke)
     applier = Applier(engine, clock, writes, rules, Lease(engine), metrics=metrics)
     # The breaker re-probes a failing provider at least every quarter interval, so after an outage every customer
     # is polled again within one interval.
@@ -216,6 +224,7 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
                             lease=settings.poll_lease, checker=poller, metrics=metrics),
         outbox=Outbox(engine, clock, channels(settings, http, clock), owner=owner, lease=settings.poll_lease,
                       metrics=metrics),
+        changes=changes,
         head=migrate.head_revision(),
     )
     metrics.add_gauge("tracker_customers", "Tracked customers by provider, state and tier",
@@ -225,32 +234,6 @@ def build(settings: Settings, clock: Clock | None = None, engine: Engine | None 
     metrics.add_gauge("tracker_notifications_by_state", "Outbox notifications by channel and state",
                       ["channel", "state"], container.notification_counts)
     return container
-
-
-def describe(container: Container) -> str:
-    """The start-up line: what this process runs against and with, never a secret (the database URL without
-    its password, the providers by name, thresholds, alert channels)."""
-    settings = container.settings
-    webhooks = [name for name, on in (("blaaiz", settings.blaaiz_webhook_secrets),
-                                      ("connectfi", settings.connectfi_webhook_token),
-                                      ("cryptopocket", settings.cryptopocket_api_secret)) if on]
-    overrides = [f"{p} {_span(settings.overdue_for(p))}/{_span(settings.critical_for(p))}" for p in PROVIDERS
-                 if (settings.overdue_for(p), settings.critical_for(p))
-                 != (settings.overdue_after, settings.critical_after)]
-    return (f"tracker {tracker.__version__}: database {container.engine.url.render_as_string(hide_password=True)}; "
-            f"webhooks accepted from {', '.join(webhooks) or 'no provider (no secrets set)'}; "
-            f"polling {', '.join(container.poller.plans) or 'no provider (no credentials set)'}; "
-            f"overdue after {_span(settings.overdue_after)}, critical after {_span(settings.critical_after)}"
-            f"{' (' + '; '.join(overrides) + ')' if overrides else ''}; "
-            f"alerts to {', '.join(settings.alert_channels())}")
-
-
-def _span(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def database(settings: Settings) -> Engine:

@@ -166,8 +166,11 @@ class Escalator:
             thresholds = self.policy.thresholds(row.provider, customer_type)
             reached = tier_at(thresholds, row.pending_since, now)
             current = Tier(row.tier)
+            raised: list[dict[str, Any]] = []
             for tier in ORDER[ORDER.index(current) + 1:ORDER.index(reached) + 1]:
-                changes.alerts += self._raise(conn, row, tier, now)
+                raised += self._raise(conn, row, tier, now)
+            self.writes.alerts_changed(conn, raised, now)
+            changes.alerts += raised
             if ORDER.index(reached) > ORDER.index(current):
                 values["tier"] = reached.value
                 values["version"] = row.version + 1

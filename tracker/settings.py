@@ -163,6 +163,7 @@ class Settings:
     reconcile_after: timedelta = timedelta(minutes=10)
     critical_repeat: timedelta = timedelta(hours=1)
     clock_skew: timedelta = timedelta(minutes=5)
+    stream_heartbeat: timedelta = timedelta(seconds=15)  # a comment line on idle streams, so proxies keep them
     alert_slack_url: str | None = None
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
@@ -216,6 +217,7 @@ class Settings:
             "RECONCILE_AFTER": _positive_duration,
             "CRITICAL_REPEAT": _duration,
             "CLOCK_SKEW": _positive_duration,
+            "STREAM_HEARTBEAT": _positive_duration,
             "ALERT_SLACK_URL": _http_url,
             "ALERT_WEBHOOK_URL": _http_url,
             "ALERT_WEBHOOK_SECRET": _text,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from tracker.cli.common import ready, settings_from_env, start_logging, uvicorn_logging
+from tracker.cli.common import describe, ready, settings_from_env, start_logging, uvicorn_logging
 from tracker.cli.operator import (
     cmd_alerts_ack,
     cmd_alerts_list,
@@ -30,7 +30,7 @@ log = logging.getLogger("tracker")
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tracker.bootstrap import build, describe, prepare_database
+    from tracker.bootstrap import build, prepare_database
     from tracker.web.app import create_app
 
     settings = settings_from_env()
@@ -53,7 +53,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from tracker.bootstrap import build, describe, prepare_database
+    from tracker.bootstrap import build, prepare_database
     from tracker.cli.metrics_server import MetricsServer
 
     settings = settings_from_env()

@@ -222,6 +222,22 @@ class HistoryRow(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
+class Change(SQLModel, table=True):
+    """The change feed (GET /v1/stream): one row per transition and alert change, ids in commit order (on
+    PostgreSQL appends take a transaction lock, ``tracker.db.feed``), never reused (AUTOINCREMENT on SQLite), so
+    a reader that resumes after an id misses nothing."""
+
+    __tablename__ = "changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    at: datetime = Field(sa_column=_ts(nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))  # transition | alert
+    provider: str = Field(sa_column=Column(String(32), nullable=False))
+    customer_id: int | None = Field(default=None, sa_column=Column(BigId))
+    body: str = Field(sa_column=Column(Text, nullable=False))  # the rest of the notice, JSON
+
+
 class Upload(SQLModel, table=True):
     """Uploads the client reported; they may start review, and are checked against the provider's rules."""
 
@@ -265,3 +281,4 @@ api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
 provider_state: Table = ProviderState.__table__  # type: ignore[attr-defined]
 alerts: Table = Alert.__table__  # type: ignore[attr-defined]
 notifications: Table = Notification.__table__  # type: ignore[attr-defined]
+changes: Table = Change.__table__  # type: ignore[attr-defined]

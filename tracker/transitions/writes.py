@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tracker.alerts import AlertSettings, raise_alerts, resolve_customer
-from tracker.db import queries
+from tracker.db import feed, queries
 from tracker.metrics import Metrics
 from tracker.transitions.plans import Plan
 
@@ -49,6 +49,7 @@ class Writes:
         self.alerts = alerts  # None: no alerts are raised or resolved (a bare replay, some tests)
         self.metrics = metrics
         self.listeners: list[Listener] = []
+        self.committed: list[Callable[[], None]] = []  # told after each commit that stored moves or alerts
 
     def write(self, conn: Connection, plans: Sequence[Plan], now: datetime) -> Notices:
         """Store ``plans`` (in order; several may concern one customer, each planned from the one before) and
@@ -84,7 +85,16 @@ class Writes:
                                 alert.provider, planned.before.id)
                     if self.metrics is not None:
                         self.metrics.unknown_status.labels(alert.provider).inc()
-        return Notices((planned.change for planned in plans if planned.change is not None), alerts)
+        moves = [{**planned.change, "tier": planned.values.get("tier", planned.before.tier)}
+                 for planned in plans if planned.change is not None]
+        feed.append(conn, feed.entries(moves, alerts), now)
+        return Notices(moves, alerts)
+
+    @staticmethod
+    def alerts_changed(conn: Connection, alerts: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Alert changes made outside ``write`` (escalation's tiers), into the change feed in their
+        transaction."""
+        feed.append(conn, feed.entries(alerts=alerts), now)
 
     def published(self, changes: list[dict[str, Any]]) -> None:
         """After the commit that stored what ``write`` returned (``Notices``, or a plain list of change notices):
@@ -107,3 +117,5 @@ class Writes:
         if changes:
             for listener in self.listeners:
                 listener(changes)
+        for hook in self.committed:
+            hook()

@@ -78,4 +78,5 @@ async def acknowledge_alert(request: Request) -> Response:
     container = request.app.state.container
     body = await run_in_threadpool(_acknowledge, container.engine, path_id(request), principal.name,
                                    container.clock.now())
+    container.changes.poke()  # this process's streams read the acknowledgement now
     return json_response(body)

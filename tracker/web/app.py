@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.errors import TrackerError
 from tracker.logs import redact_path
-from tracker.web import alerts_api, api, events_api, openapi, ops, webhooks
+from tracker.web import alerts_api, api, events_api, openapi, ops, stream, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -48,6 +48,8 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/v1/alerts/{id:int}/acknowledge", "POST", alerts_api.acknowledge_alert,
      "Acknowledge an alert (stops critical repeats)", "admin"),
     ("/v1/summary", "GET", api.summary, "Counts by provider, state and tier; oldest pending age", "read"),
+    ("/v1/stream", "GET", stream.stream,
+     "Server-Sent Events of transitions and alert changes (resumable with Last-Event-ID)", "stream"),
     ("/v1/events", "GET", events_api.list_events,
      "Stored inbound events with their outcome and reason, newest first (no bodies)", "events"),
     ("/v1/events/{id:int}/replay", "POST", api.replay_event, "Run a stored event through the current code",
@@ -130,6 +132,7 @@ def create_app(container: Any, *, worker: bool = False) -> Starlette:
         try:
             yield
         finally:
+            await container.changes.stop()
             if worker:
                 await container.stop_worker()
             container.stop()
