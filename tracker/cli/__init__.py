@@ -17,6 +17,7 @@ from tracker.cli.operator import (
     cmd_alerts_list,
     cmd_customers_poll,
     cmd_customers_set_state,
+    cmd_explain,
     cmd_keys_list,
     cmd_keys_revoke,
 )
@@ -213,6 +214,11 @@ def parser() -> argparse.ArgumentParser:
     poll.add_argument("id", type=_bounded(1, MAX_ID))
     poll.add_argument("--by", default="cli", help="who asks (kept in the history of any change it makes)")
     poll.set_defaults(func=cmd_customers_poll)
+
+    explain = sub.add_parser("explain", help="why a customer is in its state: its moves, the rules, the events")
+    explain.add_argument("id", type=_bounded(1, MAX_ID))
+    explain.add_argument("--json", action="store_true", help="the explanation as data")
+    explain.set_defaults(func=cmd_explain)
 
     alerts = sub.add_parser("alerts", help="alerts: list, acknowledge")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

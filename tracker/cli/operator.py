@@ -1,4 +1,4 @@
-"""The operator's commands: keys list and revoke, customers set-state and poll, alerts list and ack."""
+"""The operator's commands: keys list and revoke, customers set-state and poll, explain, alerts list and ack."""
 
 from __future__ import annotations
 
@@ -86,6 +86,24 @@ def cmd_customers_poll(args: argparse.Namespace) -> int:
     print(f"poll of customer {row.id} ({row.provider} {row.provider_customer_id}): {found.outcome} ({detail}); "
           f"it is {row.state}")
     return 1 if found.outcome == "failed" else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why a customer is in its state, as ``GET /v1/customers/{id}/explain`` says it (``--json``: the data)."""
+    import json
+
+    from tracker.bootstrap import build
+    from tracker.web.explain_api import explanation
+
+    settings = settings_from_env()
+    container = build(settings)
+    try:
+        ready(container)
+        found = explanation(container, args.id)
+    finally:
+        container.engine.dispose()
+    print(json.dumps(found, default=str, indent=2) if args.json else "\n".join(found["text"]))
+    return 0
 
 
 def _when(value: datetime | None) -> str:

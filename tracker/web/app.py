@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.errors import TrackerError
 from tracker.logs import redact_path
-from tracker.web import alerts_api, api, events_api, openapi, ops, stream, webhooks
+from tracker.web import alerts_api, api, events_api, explain_api, openapi, ops, stream, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -41,6 +41,9 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
      "Poll the provider now (admin); answers the customer and what the poll found", "poll"),
     ("/v1/customers/{id:int}/state", "POST", api.set_state,
      "Set the state by hand (admin; kept in the history with who and why)", "set_state"),
+    ("/v1/customers/{id:int}/explain", "GET", explain_api.explain_customer,
+     "Why the customer is in its state: its moves and the rules they applied, the events that moved nothing and "
+     "why, its tier and polls", "read"),
     ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
      "read"),
     ("/v1/alerts", "GET", alerts_api.list_alerts, "Alerts, newest first (?state=open|acknowledged|resolved)",
