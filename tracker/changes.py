@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import threading
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +25,9 @@ log = logging.getLogger("tracker.changes")
 KEPT = 20_000  # recent entries kept in memory for the streams of this process
 READ = 1_000  # entries read from the database at once
 FALLBACK = 1.0  # seconds: read again without a wake-up (SQLite's other processes; a lost notification)
+# seconds a wake-up waits for more commits before the feed is read: every read wakes every stream of the process,
+# so under load they read (and send) a batch of changes each a few times a second, not one change each time
+GATHER = 0.02
 RETENTION = timedelta(days=7)  # how long the feed keeps entries (how far back a stream can resume)
 LISTEN_SLICE = 0.2
 
@@ -35,12 +37,13 @@ class Entry:
     id: int
     kind: str
     data: dict[str, Any]  # what a stream sends: the id, kind, provider, customer_id, at and the body
+    text: str  # the event as Server-Sent Events put it, written once for every stream that sends it
 
     @classmethod
     def of(cls, row: Any) -> Entry:
         data = {"id": row.id, "kind": row.kind, "provider": row.provider, "customer_id": row.customer_id,
                 "at": row.at.isoformat().replace("+00:00", "Z"), **json.loads(row.body)}
-        return cls(row.id, row.kind, data)
+        return cls(row.id, row.kind, data, f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(data)}\n\n")
 
 
 class ChangeHub:
@@ -48,22 +51,39 @@ class ChangeHub:
         self.engine = engine
         self.clock = clock
         self.position = 0  # the last id this process has read
-        self._recent: deque[Entry] = deque(maxlen=KEPT)
-        self._ids: deque[int] = deque(maxlen=KEPT)
+        # Lists, not deques: a stream takes the entries after its id by bisection and a slice (a deque's
+        # indexing walks it). Trimmed to KEPT once they hold twice as many.
+        self._recent: list[Entry] = []
+        self._ids: list[int] = []
         self._news = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
         self._pruned_at: datetime | None = None
+        self._sent: dict[int, tuple[int, bytes]] = {}  # text_after's, until the feed moves on
 
     # -- the reader ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start following the feed from its current end (idempotent; on the running loop)."""
-        if self._task is not None:
-            return
+        """Start following the feed from its current end (idempotent; on the running loop). Streams that open
+        together wait for the one start."""
+        started = self._started
+        if started is None:
+            started = self._started = asyncio.get_running_loop().create_future()
+            try:
+                await self._begin()
+            except BaseException as exc:
+                self._started = None  # the next stream tries again
+                started.set_exception(exc)
+                started.exception()  # retrieved here: the waiting streams raise it
+                raise
+            started.set_result(None)
+        await asyncio.shield(started)
+
+    async def _begin(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._news, self._wake = asyncio.Event(), asyncio.Event()
         self.position = await asyncio.to_thread(self._last)
@@ -74,6 +94,7 @@ class ChangeHub:
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
+        self._started = None
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
@@ -93,14 +114,17 @@ class ChangeHub:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), FALLBACK)
+            await asyncio.sleep(GATHER)
             self._wake.clear()
             try:
                 fresh = await asyncio.to_thread(self._read, self.position, READ)
                 while fresh:
-                    for entry in fresh:
-                        self._recent.append(entry)
-                        self._ids.append(entry.id)
+                    self._recent += fresh
+                    self._ids += [entry.id for entry in fresh]
+                    if len(self._ids) > 2 * KEPT:
+                        del self._recent[:-KEPT], self._ids[:-KEPT]
                     self.position = fresh[-1].id
+                    self._sent.clear()
                     news, self._news = self._news, asyncio.Event()
                     news.set()
                     fresh = await asyncio.to_thread(self._read, self.position, READ) if len(fresh) == READ else []
@@ -131,8 +155,18 @@ class ChangeHub:
             return []
         if not self._ids or last_id < self._ids[0] - 1:
             return None
-        start = bisect.bisect_right(self._ids, last_id)
-        return [self._recent[i] for i in range(start, len(self._recent))]
+        return self._recent[bisect.bisect_right(self._ids, last_id):]
+
+    def text_after(self, last_id: int) -> tuple[int, bytes] | None:
+        """What an unfiltered stream at ``last_id`` sends next from memory: the last id and the events' text,
+        joined and encoded once for every stream at that id; None when memory does not hold them."""
+        kept = self._sent.get(last_id)
+        if kept is None:
+            entries = self.recent_after(last_id)
+            if not entries:
+                return None
+            kept = self._sent[last_id] = (entries[-1].id, "".join(entry.text for entry in entries).encode())
+        return kept
 
     async def after(self, last_id: int) -> list[Entry]:
         """The entries after ``last_id``: from memory when it holds them, else (a stream far behind) up to
