@@ -40,7 +40,7 @@ OLD_SECRET = "whsec_test_blaaiz_0"
 BACKEND = os.environ.get("TEST_DB_BACKEND", "sqlite")
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("notifications", "alerts", "history", "uploads", "inbound_events", "customers", "api_keys",
-          "provider_state")
+          "provider_state", "changes")
 
 
 def postgres_available() -> bool:
