@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.errors import TrackerError
 from tracker.logs import redact_path
-from tracker.web import alerts_api, api, events_api, explain_api, openapi, ops, stream, webhooks
+from tracker.web import alerts_api, api, dashboard, events_api, explain_api, openapi, ops, stream, webhooks
 from tracker.web.responses import UNEXPECTED, error, json_response
 
 log = logging.getLogger("tracker.web")
@@ -126,6 +126,7 @@ def create_app(container: Any, *, worker: bool = False) -> Starlette:
     ``tracker serve`` does; the inbox's writer and applier run in every process."""
     routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
+    routes += dashboard.ROUTES  # the HTML dashboard at / (not in the OpenAPI document)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
