@@ -16,6 +16,7 @@ from tracker.clock import Clock
 from tracker.db import queries
 from tracker.db.engine import write_transaction
 from tracker.db.reads import CustomerReads
+from tracker.domain.events import unstorable
 from tracker.domain.lifecycle import PROVIDERS, Outcome, Signal, Source, State, Trigger
 from tracker.domain.polling import PUSHING_PROVIDERS
 from tracker.errors import Conflict, Invalid, NotFound
@@ -37,9 +38,11 @@ CRYPTOPOCKET_DOCUMENT_TYPES = (
 BUSINESS_SLOT_FLAG = "business_upload_via_individual_slot"
 REJECTIONS_BEFORE_WARNING = 2
 MAX_REASON = 500
+MAX_DOCUMENT_TYPE = 64  # the uploads table's column
 UNKNOWN_TYPE = ("this customer was discovered by webhook and its type is unknown; register it with "
                 "POST /v1/customers (customer_type individual or business) first")
-_ID_TEXT = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+ID_TEXT = r"^[A-Za-z0-9._:@/+=-]{1,128}$"  # ids at providers and the client's own keys
+_ID_TEXT = re.compile(ID_TEXT)
 
 
 @dataclass
@@ -56,7 +59,7 @@ def _text_id(name: str, value: Any, required: bool = True) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not _ID_TEXT.match(value):
+    if not isinstance(value, str) or not _ID_TEXT.fullmatch(value):
         raise Invalid(f"{name} must be 1 to 128 letters, digits or ._:@/+=- characters")
     return value
 
@@ -120,6 +123,9 @@ class Customers:
         document_type = body.get("document_type")
         if document_type is not None and not isinstance(document_type, str):
             raise Invalid("document_type must be a string")
+        problem = unstorable([("document_type", document_type, MAX_DOCUMENT_TYPE)])
+        if problem:
+            raise Invalid(problem)
         unknown = set(body) - {"slot", "file_id", "document_type"}
         if unknown:
             raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -174,8 +180,9 @@ class Customers:
             raise Invalid(f"state must be one of {', '.join(states)}")
         if not isinstance(reason, str) or not reason.strip():
             raise Invalid("reason is required: say why the state is set by hand (it is kept in the history)")
-        if len(reason) > MAX_REASON:
-            raise Invalid(f"reason is at most {MAX_REASON} characters")
+        problem = unstorable([("reason", reason, MAX_REASON)])
+        if problem:
+            raise Invalid(problem)
         if not actor.strip():
             raise Invalid("say who sets the state (kept in the history)")
         now = self.clock.now()

@@ -164,6 +164,8 @@ def _list_filters(request: Request) -> dict[str, Any]:
         filters["tier"] = params["tier"]
     for name in ("reference", "provider_customer_id"):
         if name in params:
+            if "\x00" in params[name]:  # no stored id has one, and PostgreSQL refuses it in a query
+                raise TrackerError(f"{name} contains a NUL character (\\u0000), which no customer's has")
             filters[name] = params[name]
     if "pending_longer_than" in params:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import orjson
@@ -67,17 +68,23 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
+# Twenty digits in a row may be an integer past 64 bits, which orjson reads as a float (losing digits).
+_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+
+
 def decode_json(body: bytes) -> Any:
-    """orjson where it can; the standard library for what orjson refuses (integers past 64 bits, NaN, UTF-16),
-    and for the message that explains a body that is not JSON at all. Raises ValueError with the reason, also
-    for a body nested too deeply for either (a 400, not a RecursionError's 500).
+    """orjson where it can; the standard library for what orjson refuses or misreads (integers past 64 bits,
+    which it reads as floats; NaN; UTF-16), and for the message that explains a body that is not JSON at all.
+    Raises ValueError with the reason, also for a body nested too deeply for either (a 400, not a
+    RecursionError's 500).
 
     An escaped lone surrogate (``"\\ud800"``) is valid JSON to the standard library, but no text column can
     store it: such a body is refused too."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    if not _LONG_NUMBER.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         payload = json.loads(body)
         require_text(payload)
