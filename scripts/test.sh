@@ -11,6 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 export PATH="$PWD/.venv/bin:$PATH"
+# The dashboard's browser tests drive Debian's Chromium through Playwright (whose own browser download does not
+# work here); as root, install it when it is missing. Without it they skip locally and fail under CI.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "== installing chromium for the dashboard's browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    > /dev/null 2>&1 || echo "could not install chromium; the browser tests will say so" >&2
+fi
 
 echo "== ruff"
 ruff check tracker tests bench alembic
