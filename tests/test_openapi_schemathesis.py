@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.openapi.checks import RejectedPositiveData
-from schemathesis.specs.openapi.checks import positive_data_acceptance, unsupported_method
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Route
 
 from tests.conftest import blaaiz_event, make_settings, register, signed_headers
@@ -154,10 +154,7 @@ async def app(container: Any, clock: Any, admin_key: dict[str, str]) -> AsyncIte
 @settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_every_operation_answers_as_documented(case: Any, app: ASGIApp) -> None:
     # The key is spelled as the security scheme names it, so that the ignored_auth check can take it away.
-    # unsupported_method is left out: tracker.web.app answers 405 without the Allow header RFC 9110 asks for (its
-    # handler of Starlette's 405 drops it).
-    case.call_and_validate(headers={"Authorization": TARGET.key},
-                           excluded_checks=[unsupported_method, positive_data_acceptance],
+    case.call_and_validate(headers={"Authorization": TARGET.key}, excluded_checks=[positive_data_acceptance],
                            additional_checks=[valid_data_is_accepted])
 
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.errors import TrackerError
@@ -33,10 +33,12 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
     ("/webhooks/cryptopocket", "POST", webhooks.cryptopocket_webhook,
      "CryptoPocket KYC webhook (X-API-Key, X-Signature, X-Timestamp)", "webhook"),
     ("/v1/customers", "POST", api.register, "Register a customer (idempotent)", "register"),
-    ("/v1/customers", "GET", api.list_customers, "List customers, newest change first", "list"),
+    ("/v1/customers", "GET", api.list_customers, "List customers: newest change first, or the longest pending first",
+     "list"),
     ("/v1/customers/{id:int}", "GET", api.get_customer, "One customer (ETag, 304)", "get"),
     ("/v1/customers/{id:int}/uploads", "POST", api.report_upload, "Report an upload", "upload"),
-    ("/v1/customers/{id:int}/submit", "POST", api.submit, "Submit for review (Blaaiz)", "submit"),
+    ("/v1/customers/{id:int}/submit", "POST", api.submit,
+     "The customer was submitted for review (any provider): the clock starts", "submit"),
     ("/v1/customers/{id:int}/poll", "POST", api.poll,
      "Poll the provider now (admin); answers the customer and what the poll found", "poll"),
     ("/v1/customers/{id:int}/state", "POST", api.set_state,
@@ -46,7 +48,7 @@ ROUTES: list[tuple[str, str, Endpoint, str, str | None]] = [
      "why, its tier and polls", "read"),
     ("/v1/customers/{id:int}/history", "GET", api.customer_history, "Transitions and the events behind them",
      "read"),
-    ("/v1/alerts", "GET", alerts_api.list_alerts, "Alerts, newest first (?state=open|acknowledged|resolved)",
+    ("/v1/alerts", "GET", alerts_api.list_alerts, "Alerts, newest first, filtered and paged like the other lists",
      "read"),
     ("/v1/alerts/{id:int}/acknowledge", "POST", alerts_api.acknowledge_alert,
      "Acknowledge an alert (stops critical repeats)", "admin"),
@@ -86,7 +88,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error(404, "not_found", f"no route for {request.method} {request.url.path}; see /openapi.json")
     if exc.status_code == 405:
-        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+        # Every method of every route at this path (GET and POST /v1/customers are two routes).
+        allowed = sorted({method for route in request.app.routes if isinstance(route, Route)
+                          and route.matches(request.scope)[0] is not Match.NONE for method in route.methods or ()})
+        return error(405, "method_not_allowed",
+                     f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}",
+                     {"Allow": ", ".join(allowed)})
     return error(exc.status_code, "http_error", str(exc.detail))
 
 

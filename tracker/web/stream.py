@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import TrackerError
-from tracker.web.requests import authorize, known_params, query_int
+from tracker.web.requests import dashboard_principal, known_params, query_int
 
 PARAMETERS = frozenset({"provider", "customer_id", "last_event_id"})
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy may hold the events back
@@ -29,13 +29,13 @@ def _start(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or int(raw) > MAX_ID:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
         raise TrackerError("Last-Event-ID must be the id of an event this stream sent; reconnect without it")
     return int(raw)
 
 
 async def stream(request: Request) -> Response:
-    await authorize(request, "read")
+    await dashboard_principal(request, "read")  # a Bearer key, or the dashboard's session (a browser EventSource)
     params = request.query_params
     known_params(params, PARAMETERS)
     provider = params.get("provider")
