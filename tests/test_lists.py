@@ -132,3 +132,38 @@ async def test_bad_alert_list_parameters_are_refused(client, read_key, query, me
     response = await client.get(f"/v1/alerts?{query}", headers=read_key)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]["message"]
+
+
+async def test_changed_since_fetches_only_what_changed_after_a_time(client, clock, write_key, read_key) -> None:
+    made = await pending_customers(client, clock, write_key, 3, prefix="cus_changed")
+    since = clock.now().isoformat().replace("+00:00", "Z")  # after the last submit
+    clock.advance(timedelta(minutes=1))
+    again = await client.post(f"/v1/customers/{made[1]['id']}/submit", headers=write_key)
+    assert again.json()["version"] == made[1]["version"]  # already pending: nothing changed, not listed
+    await register(client, write_key, "cus_changed_new")
+    changed = (await client.get("/v1/customers", params={"changed_since": since}, headers=read_key)).json()["items"]
+    assert [item["provider_customer_id"] for item in changed] == ["cus_changed_new"]
+    with_offset = await client.get("/v1/customers", params={"changed_since": since.replace("Z", "+00:00")},
+                                   headers=read_key)
+    assert [item["provider_customer_id"] for item in with_offset.json()["items"]] == ["cus_changed_new"]
+    everything = (await client.get("/v1/customers?changed_since=2000-01-01T00:00:00Z", headers=read_key)).json()
+    assert len(everything["items"]) == 4
+
+
+async def test_customer_type_filter(client, write_key, read_key) -> None:
+    await register(client, write_key, "cus_person")
+    await register(client, write_key, "cus_company", customer_type="business")
+    found = (await client.get("/v1/customers?customer_type=business", headers=read_key)).json()["items"]
+    assert [item["provider_customer_id"] for item in found] == ["cus_company"]
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("changed_since=yesterday", "changed_since must be an ISO 8601 time with its zone"),
+    ("changed_since=2026-01-05T09:30:00", "changed_since must be an ISO 8601 time with its zone"),
+    ("changed_since=99999-01-01T00:00:00Z", "changed_since must be an ISO 8601 time"),
+    ("customer_type=robot", "customer_type must be one of individual, business, unknown"),
+])
+async def test_bad_list_filters_are_refused(client, read_key, query, message) -> None:
+    response = await client.get(f"/v1/customers?{query}", headers=read_key)
+    assert response.status_code == 400
+    assert message in response.json()["error"]["message"]

@@ -80,12 +80,14 @@ def get_customer(conn: Connection, customer_id: int) -> Row[Any] | None:
 def list_customers(conn: Connection, *, provider: str | None = None, state: str | None = None,
                    tier: str | None = None, reference: str | None = None,
                    provider_customer_id: str | None = None, pending_before: datetime | None = None,
-                   after: tuple[datetime, int] | None = None, limit: int = 50, sort: str = "updated"
-                   ) -> list[Row[Any]]:
+                   after: tuple[datetime, int] | None = None, limit: int = 50, sort: str = "updated",
+                   customer_type: str | None = None, changed_after: datetime | None = None) -> list[Row[Any]]:
     """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page. With
     ``sort="pending_since"``: pending customers only, the longest pending first, paged by (pending_since, id)."""
     query = equal_to(select(customers), customers, provider=provider, state=state, tier=tier, reference=reference,
-                     provider_customer_id=provider_customer_id)
+                     provider_customer_id=provider_customer_id, customer_type=customer_type)
+    if changed_after is not None:
+        query = query.where(customers.c.updated_at > changed_after)
     if pending_before is not None:
         query = query.where(customers.c.state == State.PENDING.value, customers.c.pending_since <= pending_before)
     if sort == "pending_since":

@@ -172,7 +172,8 @@ class CustomerReads:
     def page(self, *, provider: str | None = None, state: str | None = None, tier: str | None = None,
              reference: str | None = None, provider_customer_id: str | None = None,
              pending_before: datetime | None = None, after: tuple[datetime, int] | None = None,
-             limit: int = 50, sort: str = "updated") -> list[Row]:
+             limit: int = 50, sort: str = "updated", customer_type: str | None = None,
+             changed_after: datetime | None = None) -> list[Row]:
         """Newest change first; ``after`` is the (updated_at, id) of the last row of the previous page. With
         ``sort="pending_since"``: pending customers only, the longest pending first, ``after`` their
         (pending_since, id). The same rows as ``queries.list_customers`` (their ``API_COLUMNS``). On a pooled
@@ -202,6 +203,12 @@ class CustomerReads:
         if tier is not None:
             where.append(f"tier = {mark}")
             params.append(tier)
+        if customer_type is not None:
+            where.append(f"customer_type = {mark}")
+            params.append(customer_type)
+        if changed_after is not None:
+            where.append(f"updated_at > {mark}")
+            params.append(self._stamp(changed_after))
         if reference is not None:
             where.append(f"reference = {mark}")
             params.append(reference)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -38,7 +39,8 @@ from tracker.web.responses import (
 
 TIERS = ("none", "overdue", "critical")
 LIST_PARAMS = frozenset({"provider", "state", "tier", "reference", "provider_customer_id", "pending_longer_than",
-                         "limit", "cursor", "sort"})
+                         "limit", "cursor", "sort", "customer_type", "changed_since"})
+CUSTOMER_TYPES = ("individual", "business", "unknown")
 SORTS = ("updated", "pending_since")  # newest change first; oldest pending first (pending customers only)
 
 
@@ -162,6 +164,12 @@ def _list_filters(request: Request) -> dict[str, Any]:
         if params["tier"] not in TIERS:
             raise TrackerError(f"tier must be one of {', '.join(TIERS)}")
         filters["tier"] = params["tier"]
+    if "customer_type" in params:
+        if params["customer_type"] not in CUSTOMER_TYPES:
+            raise TrackerError(f"customer_type must be one of {', '.join(CUSTOMER_TYPES)}")
+        filters["customer_type"] = params["customer_type"]
+    if "changed_since" in params:
+        filters["changed_after"] = _instant("changed_since", params["changed_since"])
     for name in ("reference", "provider_customer_id"):
         if name in params:
             if "\x00" in params[name]:  # no stored id has one, and PostgreSQL refuses it in a query
@@ -186,6 +194,17 @@ def _list_filters(request: Request) -> dict[str, Any]:
             raise TrackerError(f"this cursor continues a list with sort={cursor_sort}; send the same sort")
         filters["after"] = (at, last)
     return filters
+
+
+def _instant(name: str, text: str) -> datetime:
+    """An ISO 8601 time with its zone (``Z`` or an offset); 400 naming ``name`` for anything else."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+        if value.tzinfo is None:
+            raise ValueError("no zone")
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise TrackerError(f"{name} must be an ISO 8601 time with its zone, like 2026-01-05T09:30:00Z") from None
 
 
 async def list_customers(request: Request) -> Response:

@@ -122,6 +122,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
               "only customers with this id at their provider"),
         query("pending_longer_than", {"type": "string", "pattern": DURATION},
               f"pending for longer than this: 90s, 15m, 2h, 3d, 1w, 1h30m, or seconds; at most {MAX_DAYS} days"),
+        query("customer_type", enum(["individual", "business", "unknown"]),
+              "only customers of this type (unknown: discovered by webhook, not registered yet)"),
+        query("changed_since", {"type": "string", "format": "date-time"},
+              "only customers whose record changed after this time (ISO 8601 with a zone, e.g. the generated_at of "
+              "a previous answer): what a polling dashboard fetches"),
         query("sort", {**enum(["updated", "pending_since"]), "default": "updated"},
               "updated: newest change first; pending_since: pending customers, oldest first"),
         limit(50), NEXT_PAGE, IF_NONE_MATCH]),
