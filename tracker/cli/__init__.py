@@ -21,6 +21,7 @@ from tracker.cli.operator import (
     cmd_keys_list,
     cmd_keys_revoke,
 )
+from tracker.demo import add_parser as add_demo_parser
 from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import State
 from tracker.errors import SettingsError, TrackerError
@@ -237,6 +238,8 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="replay every stored event (not duplicates)")
     replay.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     replay.set_defaults(func=cmd_replay)
+
+    add_demo_parser(sub)
     return root
 
 
