@@ -63,5 +63,9 @@ def configure(level: str, form: str, stream: TextIO) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(level)
     _installed = handler
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # handlers uvicorn's own set-up may have left
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     logging.getLogger("uvicorn.access").addFilter(_ACCESS_FILTER)
     return handler
