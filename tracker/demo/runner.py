@@ -252,8 +252,11 @@ def _tracker(settings: Settings) -> tuple[Any, str, Any]:
 def run(options: Options) -> int:
     """The demo's exit status: 0 when stopped by a signal, 1 when it could not start."""
     folder = Path(tempfile.mkdtemp(prefix="tracker-demo-"))
+    status = 1
     try:
-        return asyncio.run(Demo(options).main(folder))
+        status = asyncio.run(Demo(options).main(folder))
+        return status
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"tracker demo stopped; removed {folder}", flush=True)
+        if status == 0:
+            print(f"tracker demo stopped; removed {folder}", flush=True)
