@@ -3,6 +3,7 @@ what is due. Missed ticks coalesce into one; nothing due is lost, because due ti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -40,5 +41,9 @@ class Ticker:
     async def _run(name: str, step: Step) -> None:
         try:
             await step()
+        except asyncio.CancelledError:
+            # Stopping cancels the steps under way; what they had claimed returns when its lease ends. Ending
+            # here keeps APScheduler from logging the cancellation as a failed job, with a traceback.
+            log.debug("scheduled step %s cancelled: the scheduler is stopping", name)
         except Exception:
             log.exception("scheduled step %s failed; it runs again at the next tick", name)

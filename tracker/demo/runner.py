@@ -242,9 +242,7 @@ def _tracker(settings: Settings) -> tuple[Any, str, Any]:
     from tracker.web.app import create_app
 
     start_logging(settings)
-    # APScheduler: a tick skipped while the last one runs is no news, and the errors it logs are only the steps its
-    # shutdown cancels (tracker.scheduler catches and logs the steps' own errors).
-    logging.getLogger("apscheduler").setLevel(logging.CRITICAL)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a tick skipped while the last one runs is no news
     container = build(settings)
     prepare_database(container, upgrade=True)
     key = container.api_keys.create(ADMIN_KEY_NAME, "admin")
