@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -81,18 +83,20 @@ def bodies(count: int, label: str) -> list[bytes]:
         "event_id": f"evt_stream_{label}_{n}", "type": "customer"}).encode() for n in range(count)]
 
 
-def received_at(database_url: str) -> dict[int, float]:
-    """Each stored event's receipt time (unix seconds)."""
+def received_at(database_url: str) -> dict[int, tuple[float, float]]:
+    """Each stored event's receipt and applied times (unix seconds)."""
     from tracker.db.engine import make_engine
     from tracker.db.tables import inbound_events
 
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(inbound_events.c.id, inbound_events.c.received_at)).all()
+            rows = conn.execute(select(inbound_events.c.id, inbound_events.c.received_at,
+                                       inbound_events.c.processed_at)).all()
     finally:
         engine.dispose()
-    return {row.id: row.received_at.timestamp() for row in rows}
+    return {row.id: (row.received_at.timestamp(), row.processed_at.timestamp() if row.processed_at else math.inf)
+            for row in rows}
 
 
 def run(backend: str, args: argparse.Namespace, workdir: Path) -> bool:
@@ -130,12 +134,13 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> bool:
 
 
 def report(backend: str, args: argparse.Namespace, load: object, cpu: dict[str, float],
-           streams: list[dict[str, object]], received: dict[int, float]) -> bool:
+           streams: list[dict[str, object]], received: dict[int, tuple[float, float]]) -> bool:
     ok = getattr(load, "ok", 0)
     non_2xx = getattr(load, "non_2xx", 0)
     pace = getattr(load, "pace", None) or {}
     expected = set(received)
     lags: list[float] = []
+    sent: list[float] = []  # applied -> received by the listener: the stream's own part of the lag
     missing = 0
     errors = [s["error"] for s in streams if s["error"]]
     for stream in streams:
@@ -144,7 +149,9 @@ def report(backend: str, args: argparse.Namespace, load: object, cpu: dict[str, 
         assert isinstance(events, list)
         assert isinstance(times, list)
         missing += len(expected - set(events))
-        lags += [(t - received[e]) * 1000 for e, t in zip(events, times, strict=True) if e in received]
+        lags += [(t - received[e][0]) * 1000 for e, t in zip(events, times, strict=True) if e in received]
+        sent += [(t - received[e][1]) * 1000 for e, t in zip(events, times, strict=True) if e in received]
+    applying = [(applied - got) * 1000 for got, applied in received.values()]
     p50, p99, worst = percentile(lags, 0.5), percentile(lags, 0.99), max(lags, default=0.0)
     delivered = len(lags)
     kept = pace.get("rate", 0) >= 0.99 * args.rate
@@ -155,6 +162,13 @@ def report(backend: str, args: argparse.Namespace, load: object, cpu: dict[str, 
     print(f"  events received {delivered} of {len(expected) * args.clients} (missing {missing}; stream errors "
           f"{len(errors)}{': ' + errors[0] if errors else ''})")
     print(f"  lag ms: p50 {p50:.1f}  p99 {p99:.1f} ({p99 / LAG_TARGET_MS:.2f} x the 250 ms target)  max {worst:.1f}")
+    print(f"    of which received -> applied (the applier): p50 {percentile(applying, 0.5):.1f}  p99 "
+          f"{percentile(applying, 0.99):.1f}; applied -> at the listener (the stream): p50 "
+          f"{percentile(sent, 0.5):.1f}  p99 {percentile(sent, 0.99):.1f}")
+    batches = sorted({applied for _, applied in received.values()})
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(batches)]
+    print(f"  applier: {len(batches)} batches, {len(received) / max(len(batches), 1):.1f} events each; between "
+          f"their starts p50 {percentile(gaps, 0.5):.1f} ms, p99 {percentile(gaps, 0.99):.1f} ms")
     server_cpu = cpu.get("server", 0.0) + cpu.get("database", 0.0)
     print(f"  CPU: server {cpu.get('server', 0):.1f} s, database {cpu.get('database', 0):.1f} s, listeners "
           f"{cpu.get('listeners', 0):.1f} s, wrk {cpu.get('wrk', 0):.1f} s; server+database "

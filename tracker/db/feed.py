@@ -38,15 +38,14 @@ def append(conn: Connection, entries: Sequence[dict[str, Any]], now: datetime) -
     """Store ``entries`` (each with ``kind``, ``provider`` and ``customer_id``; the rest is the body)."""
     if not entries:
         return
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    if conn.dialect.name == "postgresql":  # the lock, and the NOTIFY that goes out when the transaction commits
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key), pg_notify(:channel, '')"),
+                     {"key": LOCK_KEY, "channel": CHANNEL})
     conn.execute(changes.insert(), [
         {"at": entry.get("at", now), "kind": entry["kind"], "provider": entry["provider"],
          "customer_id": entry.get("customer_id"),
          "body": json.dumps({k: v for k, v in entry.items() if k not in _COLUMNS}, default=str)}
         for entry in entries])
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def after(conn: Connection, last_id: int, limit: int) -> list[Row[Any]]:
