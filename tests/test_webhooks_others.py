@@ -91,6 +91,25 @@ async def test_connectfi_callback_moves_the_customer(app_client, connectfi) -> N
     assert stored_event(container, response.json()["event"]).outcome == "applied"
 
 
+async def test_a_connectfi_callback_gives_its_customer_the_application_to_poll_by(app_client, connectfi) -> None:
+    """connectFi is polled by application id: a customer first heard of by callback, or registered without one,
+    learns it from the callback, so the poll that follows a move can be made."""
+    client, container = app_client
+    await post_cf(client, connectfi.callback("app_1"))
+    row = customer(container, "cf_cust_1")
+    assert (row.application_id, row.state) == ("app_1", "pending")
+    assert row.next_poll_at is not None
+    registered = await client.post("/v1/customers", headers={
+        "authorization": f"Bearer {container.api_keys.create('cf-writer', 'write')}"}, json={
+        "provider": "connectfi", "provider_customer_id": "cf_cust_2", "customer_type": "individual"})
+    assert registered.json()["application_id"] is None
+    connectfi.add_application("app_2", "cf_cust_2", "waiting_review")
+    await post_cf(client, connectfi.callback("app_2"))
+    row = customer(container, "cf_cust_2")
+    assert (row.application_id, row.state, row.customer_type) == ("app_2", "pending", "individual")
+    assert row.next_poll_at is not None
+
+
 async def test_connectfi_duplicates_on_application_status_outcome(app_client, connectfi) -> None:
     client, container = app_client
     first = json.loads(connectfi.callback("app_1"))

@@ -35,6 +35,7 @@ class ParsedEvent:
     signal: Signal | None
     ignore_reason: str | None = None
     unknown_status: bool = False
+    application_id: str | None = None  # connectFi: the application the event is about (how it is polled)
 
     def __post_init__(self) -> None:
         """Refuse what the tracker could not store as text (``unstorable``)."""
@@ -42,6 +43,7 @@ class ParsedEvent:
         problem = unstorable((("event_id", self.event_id, MAX_EVENT_ID),
                               ("event_type", self.event_type, MAX_EVENT_TYPE),
                               ("customer id", self.provider_customer_id, MAX_CUSTOMER_ID),
+                              ("application id", self.application_id, MAX_CUSTOMER_ID),
                               ("status", signal.provider_status if signal else None, MAX_STATUS),
                               ("comment", signal.comment if signal else None, None)))
         if problem is not None:

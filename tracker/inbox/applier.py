@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -255,12 +255,17 @@ class Applier:
                 continue
             key = (event.provider, event.provider_customer_id)
             customer = current[key]
+            learned = None
+            if customer.application_id is None and event.application_id is not None:
+                # connectFi is polled by application: a customer without one learns it from its callback
+                customer = replace(customer, application_id=event.application_id)
+                learned = {"application_id": event.application_id}
             try:
                 planned = plan(customer, event.signal, now, self.rules, actor=actor or event.provider,
                                event_id=row.id,
                                unknown_status=event.signal.provider_status if event.unknown_status else None,
                                cause=f"event:{event.event_id or event.fingerprint[:16]}",
-                               received_at=row.received_at)
+                               received_at=row.received_at, extra=learned)
             except Exception as exc:  # a bug must not lose the event: keep it, try it again later
                 log.exception("processing stored event %s failed", row.id)
                 batch.marks.append(_error(row, customer.id, f"processing failed: {type(exc).__name__}: {exc}", now))

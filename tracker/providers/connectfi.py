@@ -92,7 +92,7 @@ def parse(payload: Any) -> ParsedEvent:
     raw, signal, unknown = map_application(data, Source.WEBHOOK)
     return ParsedEvent(NAME, "akepa.callback", None, dedupe_key(data), str(customer_id), None, signal,
                        ignore_reason=f"unknown connectFi status {raw!r} kept as is" if unknown else None,
-                       unknown_status=unknown)
+                       unknown_status=unknown, application_id=str(data["applicationId"]))
 
 
 class ConnectFiAdapter:
