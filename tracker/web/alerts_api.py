@@ -14,7 +14,17 @@ from tracker import alerts
 from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import NotFound, TrackerError
-from tracker.web.requests import MAX_PAGE, authorize, before_id, id_cursor, known_params, path_id, query_int
+from tracker.web.requests import (
+    MAX_PAGE,
+    authorize,
+    before_id,
+    id_cursor,
+    known_params,
+    path_id,
+    query_choice,
+    query_id,
+    query_int,
+)
 from tracker.web.responses import iso, json_response
 
 STATES = ("open", "acknowledged", "resolved")
@@ -46,12 +56,8 @@ async def list_alerts(request: Request) -> Response:
     await authorize(request, "read")
     params = request.query_params
     known_params(params, PARAMETERS)
-    state, provider = params.get("state"), params.get("provider")
-    if state is not None and state not in STATES:
-        raise TrackerError(f"state must be one of {', '.join(STATES)} (or absent for all)")
-    if provider is not None and provider not in PROVIDERS:
-        raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
-    customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    state, provider = query_choice(params, "state", STATES), query_choice(params, "provider", PROVIDERS)
+    customer_id = query_id(params, "customer_id")
     limit = query_int(params, "limit", 50, 1, MAX_PAGE)
     if "cursor" in params and "before" in params:
         raise TrackerError("send cursor or before, not both")

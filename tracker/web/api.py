@@ -20,6 +20,7 @@ from tracker.web.requests import (
     checked_id,
     known_params,
     path_id,
+    query_choice,
     query_int,
     read_json,
 )
@@ -151,23 +152,12 @@ get_customer = CustomerEndpoint()
 def _list_filters(request: Request) -> dict[str, Any]:
     params = request.query_params
     known_params(params, LIST_PARAMS)
-    filters: dict[str, Any] = {}
-    if "provider" in params:
-        if params["provider"] not in PROVIDERS:
-            raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
-        filters["provider"] = params["provider"]
-    if "state" in params:
-        if params["state"] not in {s.value for s in State}:
-            raise TrackerError(f"state must be one of {', '.join(s.value for s in State)}")
-        filters["state"] = params["state"]
-    if "tier" in params:
-        if params["tier"] not in TIERS:
-            raise TrackerError(f"tier must be one of {', '.join(TIERS)}")
-        filters["tier"] = params["tier"]
-    if "customer_type" in params:
-        if params["customer_type"] not in CUSTOMER_TYPES:
-            raise TrackerError(f"customer_type must be one of {', '.join(CUSTOMER_TYPES)}")
-        filters["customer_type"] = params["customer_type"]
+    filters: dict[str, Any] = {
+        "provider": query_choice(params, "provider", PROVIDERS),
+        "state": query_choice(params, "state", [s.value for s in State]),
+        "tier": query_choice(params, "tier", TIERS),
+        "customer_type": query_choice(params, "customer_type", CUSTOMER_TYPES),
+    }
     if "changed_since" in params:
         filters["changed_after"] = _instant("changed_since", params["changed_since"])
     for name in ("reference", "provider_customer_id"):
@@ -181,10 +171,7 @@ def _list_filters(request: Request) -> dict[str, Any]:
         except ValueError as exc:
             raise TrackerError(f"pending_longer_than: {exc}") from None
     filters["limit"] = query_int(params, "limit", 50, 1, MAX_PAGE)
-    sort = params.get("sort", "updated")
-    if sort not in SORTS:
-        raise TrackerError(f"sort must be one of {', '.join(SORTS)}")
-    filters["sort"] = sort
+    sort = filters["sort"] = query_choice(params, "sort", SORTS, "updated")
     if "cursor" in params:
         try:
             at, last, cursor_sort = decode_cursor(params["cursor"])

@@ -26,7 +26,6 @@ from tracker.web.responses import decode_cursor, encode_cursor
 
 PAGE = 100  # rows a list shows at once
 HISTOGRAM_LIMIT = 5000  # the pending customers the overview reads (oldest first) for its ages
-FETCH = 500  # rows read at a time while filtering the stuck list by customer type
 ALERT_STATES = ("open", "acknowledged", "resolved")
 
 
@@ -80,22 +79,14 @@ def _stuck_filters(request: Request) -> dict[str, Any]:
 
 def _stuck_rows(customers: Any, filters: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     """Pending customers, oldest first, as filtered: a page, and whether there are more. A search reads the
-    customers whose provider customer id or reference is ``q``; the customer type is filtered here."""
-    query = {"provider": filters["provider"], "tier": filters["tier"], "sort": "pending_since"}
-    kind = filters["customer_type"]
+    customers whose provider customer id or reference is ``q``."""
+    query = {"provider": filters["provider"], "tier": filters["tier"], "customer_type": filters["customer_type"],
+             "sort": "pending_since"}
     if filters["q"] is not None:
         found = {row["id"]: row for name in ("provider_customer_id", "reference")
-                 for row in customers.page(**query, **{name: filters["q"]}, limit=FETCH)}
-        matched = sorted(found.values(), key=lambda row: (row["pending_since"], row["id"]))
-        return [row for row in matched if kind is None or row["customer_type"] == kind][:PAGE], False
-    rows: list[dict[str, Any]] = []
-    after = filters["after"]
-    while len(rows) <= PAGE:
-        batch = customers.page(**query, after=after, limit=FETCH if kind else PAGE + 1)
-        rows += [row for row in batch if kind is None or row["customer_type"] == kind]
-        if len(batch) < (FETCH if kind else PAGE + 1):
-            break
-        after = (batch[-1]["pending_since"], batch[-1]["id"])
+                 for row in customers.page(**query, **{name: filters["q"]}, limit=PAGE)}
+        return sorted(found.values(), key=lambda row: (row["pending_since"], row["id"]))[:PAGE], False
+    rows = customers.page(**query, after=filters["after"], limit=PAGE + 1)
     return rows[:PAGE], len(rows) > PAGE
 
 

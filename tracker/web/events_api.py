@@ -9,11 +9,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
-from tracker.errors import TrackerError
 from tracker.inbox import listing
-from tracker.web.requests import MAX_PAGE, authorize, before_id, id_cursor, known_params, query_int
+from tracker.web.requests import (
+    MAX_PAGE,
+    authorize,
+    before_id,
+    id_cursor,
+    known_params,
+    query_choice,
+    query_id,
+    query_int,
+)
 from tracker.web.responses import iso, json_response
 
 PARAMETERS = frozenset({"provider", "outcome", "customer_id", "limit", "cursor"})
@@ -34,12 +41,9 @@ async def list_events(request: Request) -> Response:
     await authorize(request, "read")
     params = request.query_params
     known_params(params, PARAMETERS)
-    provider, outcome = params.get("provider"), params.get("outcome")
-    if provider is not None and provider not in PROVIDERS:
-        raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
-    if outcome is not None and outcome not in listing.OUTCOMES:
-        raise TrackerError(f"outcome must be one of {', '.join(listing.OUTCOMES)}")
-    customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    provider = query_choice(params, "provider", PROVIDERS)
+    outcome = query_choice(params, "outcome", listing.OUTCOMES)
+    customer_id = query_id(params, "customer_id")
     limit = query_int(params, "limit", 50, 1, MAX_PAGE)
     before = before_id("e", params["cursor"]) if "cursor" in params else None
     rows = await run_in_threadpool(listing.page, request.app.state.container.engine, provider=provider,

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -181,6 +182,21 @@ def query_int(params: Any, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise TrackerError(f"{name} must be between {low} and {high}")
     return value
+
+
+def query_choice(params: Any, name: str, choices: Sequence[str], default: str | None = None) -> str | None:
+    """A query parameter that takes one of ``choices`` (``default`` when absent); 400 naming them else."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if value not in choices:
+        raise TrackerError(f"{name} must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def query_id(params: Any, name: str) -> int | None:
+    """An id given as a query parameter (None when absent); 400 when it is not one."""
+    return query_int(params, name, 0, 1, MAX_ID) if name in params else None
 
 
 def id_cursor(kind: str, last_id: int) -> str:

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from tracker.domain.events import MAX_ID
 from tracker.domain.lifecycle import PROVIDERS
 from tracker.errors import TrackerError
-from tracker.web.requests import dashboard_principal, known_params, query_int
+from tracker.web.requests import dashboard_principal, known_params, query_choice, query_id
 
 PARAMETERS = frozenset({"provider", "customer_id", "last_event_id"})
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy may hold the events back
@@ -38,10 +38,8 @@ async def stream(request: Request) -> Response:
     await dashboard_principal(request, "read")  # a Bearer key, or the dashboard's session (a browser EventSource)
     params = request.query_params
     known_params(params, PARAMETERS)
-    provider = params.get("provider")
-    if provider is not None and provider not in PROVIDERS:
-        raise TrackerError(f"provider must be one of {', '.join(PROVIDERS)}")
-    customer_id = query_int(params, "customer_id", 0, 1, MAX_ID) if "customer_id" in params else None
+    provider = query_choice(params, "provider", PROVIDERS)
+    customer_id = query_id(params, "customer_id")
     start = _start(request)
     container = request.app.state.container
     hub = container.changes
