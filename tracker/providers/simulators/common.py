@@ -1,5 +1,8 @@
-"""Shared machinery of the provider simulators: the request pipeline, customer records and scripts, tokens, the
-request log (faults and rate limits: ``faults``; the values they deal in: ``records``).
+"""The base of every provider simulator: its state, its request pipeline, the provider-specific answers a
+subclass overrides, and the httpx clients wired to it. The rest of its machinery is mixed in from next door:
+customer records and scripts (``store``), tokens (``tokens``), the request and delivery logs (``traffic``),
+faults and rate limits (``faults``); the ``/_sim/*`` routes are in ``control``, the values they all deal in in
+``records``.
 
 A simulator is a small Starlette app that speaks one provider's documented API (PROVIDERS.md) with outcomes
 set by the test or bench: statuses, scripted status changes over (clock) time, latency, failures, 429s, hangs
@@ -17,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 import httpx
@@ -31,24 +33,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.clock import Clock, SystemClock
+from tracker.providers.simulators.control import control_routes
 from tracker.providers.simulators.faults import FaultsAndLimits
 from tracker.providers.simulators.records import (
     Delivery,
     Fault,
     RequestRecord,
     SimRecord,
-    StatusChange,
     TimeoutASGITransport,
     Token,
     http_date,
 )
+from tracker.providers.simulators.store import RecordStore
+from tracker.providers.simulators.tokens import TokenIssuer
+from tracker.providers.simulators.traffic import TrafficLog
 
 Handler = Callable[[Request], Awaitable[Response]]
 RouteKind = Literal["auth", "api"]
 
 
-
-class SimulatorBase(FaultsAndLimits):
+class SimulatorBase(RecordStore, TokenIssuer, TrafficLog, FaultsAndLimits):
     """Common state and request pipeline. Subclasses add routes and the provider's own answers."""
 
     #: the provider name (``blaaiz``, ``connectfi``, ``cryptopocket``)
@@ -99,49 +103,7 @@ class SimulatorBase(FaultsAndLimits):
 
     def _control_routes(self) -> list[Route]:
         """``/_sim/*``: for benches that run the simulator as a process. Not logged, never faulted or limited."""
-        return [Route("/_sim/stats", self._stats_endpoint, methods=["GET"]),
-                Route("/_sim/log", self._log_endpoint, methods=["GET"]),
-                Route("/_sim/records", self._records_endpoint, methods=["POST"]),
-                Route("/_sim/reset", self._reset_endpoint, methods=["POST"])]
-
-    async def _stats_endpoint(self, request: Request) -> Response:
-        return JSONResponse(self.stats())
-
-    async def _log_endpoint(self, request: Request) -> Response:
-        """``GET /_sim/log?after=N&path=TEXT``: the request log from entry ``after`` on (default 0), optionally
-        only paths containing ``path``; ``next`` is the ``after`` for the following call. Each entry is a row of
-        ``fields``: wall-clock arrival (unix seconds, the simulator's clock), ``time.monotonic()`` at arrival,
-        method, path, customer id, HTTP status, fault, seconds spent answering, client ``host:port``."""
-        try:
-            after = max(0, int(request.query_params.get("after", "0")))
-        except ValueError:
-            return JSONResponse({"error": "after must be a whole number"}, status_code=400)
-        path = request.query_params.get("path")
-        end = len(self.requests)
-        rows = [[r.at.timestamp(), r.monotonic, r.method, r.path, r.customer_id, r.status, r.fault,
-                 round(r.duration, 6), r.client]
-                for r in self.requests[after:end] if path is None or path in r.path]
-        return JSONResponse({"fields": ["at", "monotonic", "method", "path", "customer_id", "status", "fault",
-                                        "duration", "client"],
-                             "next": end, "keep_log": self.keep_log, "requests": rows})
-
-    async def _records_endpoint(self, request: Request) -> Response:
-        """``POST /_sim/records {"id", "status", ...fields}``: add or change one record."""
-        try:
-            payload = await request.json()
-            record_id = str(payload.pop("id"))
-            status = str(payload.pop("status"))
-        except (ValueError, KeyError, AttributeError, TypeError):
-            return JSONResponse({"error": "expected a JSON object with id and status"}, status_code=400)
-        if record_id in self._records:
-            self.set_status(record_id, status, **payload)
-        else:
-            self._add(record_id, status, payload)
-        return JSONResponse({"id": record_id, "status": self.status_of(record_id)})
-
-    async def _reset_endpoint(self, request: Request) -> Response:
-        self.reset_log()
-        return JSONResponse({"reset": True})
+        return control_routes(self)
 
     # ------------------------------------------------------------------------------------ pipeline
 
@@ -230,139 +192,6 @@ class SimulatorBase(FaultsAndLimits):
             return http_date(value)
         return str(math.ceil(value))
 
-    # ------------------------------------------------------------------------------------- tokens
-
-    def issue_token(self, scopes: Iterable[str] = ()) -> Token:
-        lifetime = self.token_lifetime
-        expires = None if lifetime is None else self.clock.now() + timedelta(seconds=lifetime)
-        token = Token(f"sim_{self.name}_{secrets.token_urlsafe(24)}", expires, frozenset(scopes))
-        self._tokens[token.value] = token
-        return token
-
-    def check_token(self, value: str | None) -> Token | None:
-        """The token if it was issued and has not expired (per the clock), else None."""
-        if not value:
-            return None
-        token = self._tokens.get(value.strip())
-        if token is None:
-            return None
-        if token.expires_at is not None and self.clock.now() >= token.expires_at:
-            return None
-        return token
-
-    def expire_tokens(self) -> None:
-        """Every token issued so far becomes invalid: the next data call fails the provider's way."""
-        self._tokens.clear()
-
-    # ---------------------------------------------------------------------------- customer records
-
-    def _add(self, record_id: str, status: str, fields: dict[str, Any], *, created_at: datetime | None = None
-             ) -> SimRecord:
-        now = self.clock.now()
-        self._seq += 1
-        comment = fields.pop("comment", None)
-        record = SimRecord(record_id, status, dict(fields), created_at or now, created_at or now, self._seq,
-                           comment=comment, announced=status)
-        self._records[record_id] = record
-        return record
-
-    def record(self, record_id: str) -> SimRecord:
-        try:
-            return self._records[record_id]
-        except KeyError:
-            raise KeyError(f"{self.name} simulator has no record {record_id!r}") from None
-
-    def has(self, record_id: str) -> bool:
-        return record_id in self._records
-
-    def remove(self, record_id: str) -> None:
-        self._records.pop(record_id, None)
-
-    @property
-    def record_ids(self) -> list[str]:
-        return list(self._records)
-
-    def status_of(self, record_id: str) -> str:
-        """The status as a request would see it now (scripts applied)."""
-        return self.record(record_id).current(self.clock.now())[0]
-
-    def set_status(self, record_id: str, status: str, **fields: Any) -> None:
-        """Change the status now (drops any script); ``fields`` update the record (``comment=`` is kept for
-        webhooks)."""
-        record = self.record(record_id)
-        now = self.clock.now()
-        if "comment" in fields:
-            record.comment = fields.pop("comment")
-        record.fields.update(fields)
-        record.status = status
-        record.updated_at = now
-        record.script_start = None
-        record.steps = []
-
-    def script(self, record_id: str, steps: Sequence[tuple[float, str]]) -> None:
-        """From now (per the clock), the status becomes ``steps[i][1]`` once ``steps[i][0]`` seconds have
-        passed. Read lazily at request time; ``set_status`` drops the script."""
-        record = self.record(record_id)
-        now = self.clock.now()
-        record.status, record.updated_at = record.current(now)
-        record.script_start = now
-        record.steps = sorted(((float(offset), status) for offset, status in steps), key=lambda step: step[0])
-
-    def pop_changes(self) -> list[StatusChange]:
-        """Status changes (set_status or scripts) since the last call, one per record, for demos that turn
-        them into webhooks."""
-        now = self.clock.now()
-        changes: list[StatusChange] = []
-        for record in self._records.values():
-            status, at = record.current(now)
-            if status != record.announced:
-                changes.append(StatusChange(record.id, record.announced, status, at))
-                record.announced = status
-        return changes
-
-    # -------------------------------------------------------------------------------- request log
-
-    def count(self, path_contains: str | None = None, customer_id: str | None = None, *,
-              status: int | None = None, method: str | None = None) -> int:
-        return sum(1 for r in self.requests
-                   if (path_contains is None or path_contains in r.path)
-                   and (customer_id is None or r.customer_id == customer_id)
-                   and (status is None or r.status == status)
-                   and (method is None or r.method == method.upper()))
-
-    def max_in_window(self, seconds: float = 1.0, *, by: Literal["monotonic", "clock"] = "monotonic",
-                      path_contains: str | None = None) -> int:
-        """Most logged requests that arrived within any ``seconds`` (real monotonic time, or the clock)."""
-        if by == "clock":
-            stamps = sorted(r.at.timestamp() for r in self.requests
-                            if path_contains is None or path_contains in r.path)
-        else:
-            stamps = sorted(r.monotonic for r in self.requests if path_contains is None or path_contains in r.path)
-        best = 0
-        start = 0
-        for end, stamp in enumerate(stamps):
-            while stamps[start] <= stamp - seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
-
-    def reset_log(self) -> None:
-        """Forget the request log and the counters (not the records, faults, tokens or windows)."""
-        self.requests.clear()
-        self.deliveries.clear()
-        self.max_in_flight = self.in_flight
-        self.peak_per_second = 0
-        self.total_requests = 0
-        self._recent.clear()
-
-    def stats(self) -> dict[str, Any]:
-        by_status: dict[str, int] = {}
-        for r in self.requests:
-            by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
-        return {"provider": self.name, "total_requests": self.total_requests, "in_flight": self.in_flight,
-                "max_in_flight": self.max_in_flight, "peak_per_second": self.peak_per_second,
-                "by_status": by_status, "records": len(self._records)}
-
     # ------------------------------------------------------------------------------------ clients
 
     def transport(self) -> TimeoutASGITransport:
@@ -372,13 +201,3 @@ class SimulatorBase(FaultsAndLimits):
     def client(self, base_url: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` wired to this simulator (``base_url`` defaults to ``default_base_url``)."""
         return httpx.AsyncClient(transport=self.transport(), base_url=base_url or self.default_base_url, **kwargs)
-
-    async def _post(self, client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
-                    ) -> httpx.Response:
-        try:
-            response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError:
-            self.deliveries.append(Delivery(url, body, headers, None))
-            raise
-        self.deliveries.append(Delivery(url, body, headers, response.status_code))
-        return response
