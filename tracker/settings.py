@@ -2,6 +2,8 @@
 
 A bad value raises ``SettingsError`` whose message is one line naming the setting; the CLI prints it and
 exits. Unknown ``TRACKER_*`` names are refused too: a typo should not silently fall back to a default.
+This module holds the settings, their defaults, the variable each is read from and the rules between them;
+reading a single value (a duration, a URL, a budget) is ``setting_parsers``'s job.
 """
 
 from __future__ import annotations
@@ -11,101 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
+from tracker import setting_parsers as parse
 from tracker.domain.lifecycle import PROVIDERS
-from tracker.durations import parse_duration
 from tracker.errors import SettingsError
 
 PREFIX = "TRACKER_"
 MAX_WEBHOOK_BODY = 1024 * 1024
-
-
-def _duration(value: str) -> timedelta:
-    parsed = parse_duration(value)
-    if parsed < timedelta(0):
-        raise ValueError("must not be negative")
-    return parsed
-
-
-def _positive_duration(value: str) -> timedelta:
-    parsed = _duration(value)
-    if parsed <= timedelta(0):
-        raise ValueError(f"{value!r} must be longer than zero")
-    return parsed
-
-
-def _seconds(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = int(_duration(value).total_seconds())
-    if number < 0:
-        raise ValueError(f"{value!r} must be zero (off) or a positive number of seconds")
-    return number
-
-
-def _database_url(value: str) -> str:
-    scheme = urlsplit(value).scheme
-    if scheme.startswith("sqlite") or scheme.startswith("postgres"):
-        return value
-    raise ValueError(f"{value!r} is not supported; use sqlite:///path.db or postgresql://user@host/db")
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return value.rstrip("/")
-
-
-def _secrets(value: str) -> tuple[str, ...]:
-    items = tuple(item.strip() for item in value.split(","))
-    if any(not item for item in items):
-        raise ValueError("has an empty secret; separate secrets with single commas")
-    return items
-
-
-def _smtp_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ValueError("use smtp://host:port or smtps://user:password@host:port")
-    return value
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("is empty")
-    return value.strip()
-
-
-def _rate_limits(value: str) -> tuple[tuple[int, timedelta], ...]:
-    """``120/m,1500/h``: each a count per window (s, m, h, d); ``none`` for no budget."""
-    if value.strip().lower() in ("", "none", "0"):
-        return ()
-    limits = []
-    for part in value.split(","):
-        count, _, window = part.strip().partition("/")
-        try:
-            number = int(count)
-            span = parse_duration(window if window[:1].isdigit() else f"1{window}")
-        except ValueError:
-            raise ValueError(f"{part.strip()!r} is not a budget; write it like 120/m or 1500/h") from None
-        if number <= 0 or span <= timedelta(0):
-            raise ValueError(f"{part.strip()!r} must allow at least one request in a positive window")
-        limits.append((number, span))
-    return tuple(limits)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise ValueError(f"{value!r} must be at least 1")
-    return number
-
 
 DEFAULT_RATE_LIMITS: dict[str, tuple[tuple[int, timedelta], ...]] = {
     # Blaaiz publishes its budget; the others do not, so a conservative default that settings can change.
@@ -113,25 +27,6 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[tuple[int, timedelta], ...]] = {
     "connectfi": ((5, timedelta(seconds=1)),),
     "cryptopocket": ((5, timedelta(seconds=1)),),
 }
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value.strip().lower() not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value.strip().lower()
-    return parse
-
-
-def _boolean(value: str) -> bool:
-    return _one_of("true", "false", "1", "0", "yes", "no", "on", "off")(value) in ("true", "1", "yes", "on")
-
-
-def _port(value: str) -> int:
-    port = int(value) if value.strip().isdecimal() else -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value!r} is not a port number (1 to 65535, or 0 for off)")
-    return port
 
 
 @dataclass(frozen=True)
@@ -192,45 +87,45 @@ class Settings:
         overdue: dict[str, timedelta] = {}
         critical: dict[str, timedelta] = {}
         parsers: dict[str, Callable[[str], Any]] = {
-            "DATABASE_URL": _database_url,
-            "LOG_LEVEL": lambda value: _one_of("debug", "info", "warning", "error")(value).upper(),
-            "LOG_FORMAT": _one_of("text", "json"),
-            "ACCESS_LOG": _boolean,
-            "METRICS_PORT": _port,
-            "BLAAIZ_WEBHOOK_SECRETS": _secrets,
-            "BLAAIZ_WEBHOOK_TOLERANCE": _seconds,
-            "BLAAIZ_BASE_URL": _http_url,
-            "BLAAIZ_CLIENT_ID": _text,
-            "BLAAIZ_CLIENT_SECRET": _text,
-            "CONNECTFI_BASE_URL": _http_url,
-            "CONNECTFI_LOGIN": _text,
-            "CONNECTFI_PASSWORD": _text,
-            "CONNECTFI_WEBHOOK_TOKEN": _text,
-            "CRYPTOPOCKET_BASE_URL": _http_url,
-            "CRYPTOPOCKET_API_KEY": _text,
-            "CRYPTOPOCKET_API_SECRET": _text,
-            "OVERDUE_AFTER": _positive_duration,
-            "CRITICAL_AFTER": _positive_duration,
-            "POLL_INTERVAL": _positive_duration,
-            "TICK": _positive_duration,
-            "AWAITING_POLL_INTERVAL": _positive_duration,
-            "RECONCILE_AFTER": _positive_duration,
-            "CRITICAL_REPEAT": _duration,
-            "CLOCK_SKEW": _positive_duration,
-            "STREAM_HEARTBEAT": _positive_duration,
-            "ALERT_SLACK_URL": _http_url,
-            "ALERT_WEBHOOK_URL": _http_url,
-            "ALERT_WEBHOOK_SECRET": _text,
-            "ALERT_PAGERDUTY_ROUTING_KEY": _text,
-            "ALERT_PAGERDUTY_URL": _http_url,
-            "ALERT_SMTP_URL": _smtp_url,
-            "ALERT_EMAIL_TO": _text,
-            "API_KEY_CACHE_TTL": _duration,
-            "POLL_LEASE": _positive_duration,
-            "INCIDENT_THRESHOLD": _positive_int,
-            "INCIDENT_WINDOW": _positive_duration,
-            "BLAAIZ_BUSINESS_OVERDUE_DAYS": _positive_int,
-            "POLL_TIMEOUT": _positive_duration,
+            "DATABASE_URL": parse.database_url,
+            "LOG_LEVEL": lambda value: parse.one_of("debug", "info", "warning", "error")(value).upper(),
+            "LOG_FORMAT": parse.one_of("text", "json"),
+            "ACCESS_LOG": parse.boolean,
+            "METRICS_PORT": parse.port,
+            "BLAAIZ_WEBHOOK_SECRETS": parse.secrets,
+            "BLAAIZ_WEBHOOK_TOLERANCE": parse.seconds,
+            "BLAAIZ_BASE_URL": parse.http_url,
+            "BLAAIZ_CLIENT_ID": parse.text,
+            "BLAAIZ_CLIENT_SECRET": parse.text,
+            "CONNECTFI_BASE_URL": parse.http_url,
+            "CONNECTFI_LOGIN": parse.text,
+            "CONNECTFI_PASSWORD": parse.text,
+            "CONNECTFI_WEBHOOK_TOKEN": parse.text,
+            "CRYPTOPOCKET_BASE_URL": parse.http_url,
+            "CRYPTOPOCKET_API_KEY": parse.text,
+            "CRYPTOPOCKET_API_SECRET": parse.text,
+            "OVERDUE_AFTER": parse.positive_duration,
+            "CRITICAL_AFTER": parse.positive_duration,
+            "POLL_INTERVAL": parse.positive_duration,
+            "TICK": parse.positive_duration,
+            "AWAITING_POLL_INTERVAL": parse.positive_duration,
+            "RECONCILE_AFTER": parse.positive_duration,
+            "CRITICAL_REPEAT": parse.duration,
+            "CLOCK_SKEW": parse.positive_duration,
+            "STREAM_HEARTBEAT": parse.positive_duration,
+            "ALERT_SLACK_URL": parse.http_url,
+            "ALERT_WEBHOOK_URL": parse.http_url,
+            "ALERT_WEBHOOK_SECRET": parse.text,
+            "ALERT_PAGERDUTY_ROUTING_KEY": parse.text,
+            "ALERT_PAGERDUTY_URL": parse.http_url,
+            "ALERT_SMTP_URL": parse.smtp_url,
+            "ALERT_EMAIL_TO": parse.text,
+            "API_KEY_CACHE_TTL": parse.duration,
+            "POLL_LEASE": parse.positive_duration,
+            "INCIDENT_THRESHOLD": parse.positive_int,
+            "INCIDENT_WINDOW": parse.positive_duration,
+            "BLAAIZ_BUSINESS_OVERDUE_DAYS": parse.positive_int,
+            "POLL_TIMEOUT": parse.positive_duration,
         }
         per_provider = {f"{p.upper()}_{kind}": (p, kind) for p in PROVIDERS
                         for kind in ("OVERDUE_AFTER", "CRITICAL_AFTER", "RATE_LIMIT", "CONCURRENCY")}
@@ -244,12 +139,12 @@ class Settings:
                 if key in per_provider:
                     provider, kind = per_provider[key]
                     if kind == "RATE_LIMIT":
-                        rate_limits[provider] = _rate_limits(raw)
+                        rate_limits[provider] = parse.rate_limits(raw)
                     elif kind == "CONCURRENCY":
-                        concurrency[provider] = _positive_int(raw)
+                        concurrency[provider] = parse.positive_int(raw)
                     else:
                         target = overdue if kind == "OVERDUE_AFTER" else critical
-                        target[provider] = _positive_duration(raw)
+                        target[provider] = parse.positive_duration(raw)
                 elif key in parsers:
                     values[key.lower()] = parsers[key](raw)
                 else:
