@@ -186,6 +186,32 @@ async def test_etag_and_304(client, clock, write_key, read_key) -> None:
     assert changed.headers["etag"] != etag
 
 
+async def test_a_webhook_that_moves_nothing_still_says_when_the_provider_was_heard(client, clock, write_key,
+                                                                                     read_key) -> None:
+    customer = await register(client, write_key)
+    url = f"/v1/customers/{customer['id']}"
+    assert customer["last_signal_at"] is None
+    await client.post(f"{url}/submit", headers=write_key)
+    submitted = await client.get(url, headers=read_key)
+    assert submitted.json()["last_signal_at"] is None  # our own submission is not the provider speaking
+    clock.advance(timedelta(minutes=30))
+    moved = await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", updated_at="2026-01-05T09:30:00Z"))
+    assert moved.status_code == 200
+    first = await client.get(url, headers=read_key)
+    clock.advance(timedelta(minutes=40))
+    # the same status again, later: moves nothing (no version, no updated_at) but the provider was heard
+    await post_blaaiz(client, clock, blaaiz_event("cus_1", "PROCESSING", updated_at="2026-01-05T10:10:00Z"))
+    again = await client.get(url, headers={**read_key, "if-none-match": first.headers["etag"]})
+    assert again.status_code == 200
+    assert again.headers["etag"] != first.headers["etag"]
+    body, before = again.json(), first.json()
+    assert (body["version"], body["updated_at"]) == (before["version"], before["updated_at"])
+    assert body["last_signal_at"] == clock.now().isoformat().replace("+00:00", "Z")
+    assert before["last_signal_at"] != body["last_signal_at"]
+    cached = await client.get(url, headers={**read_key, "if-none-match": again.headers["etag"]})
+    assert cached.status_code == 304
+
+
 async def test_list_filters_and_cursor_pagination(client, clock, write_key, read_key) -> None:
     ids = []
     for n in range(7):

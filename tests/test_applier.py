@@ -19,7 +19,7 @@ from tests.conftest import BACKEND, SECRET, blaaiz_event
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db.tables import customers, history, inbound_events
-from tracker.inbox.applier import MAX_ATTEMPTS
+from tracker.inbox.batch import MAX_ATTEMPTS
 from tracker.inbox.lease import Lease
 from tracker.inbox.store import Delivery, Receipt, store_now
 from tracker.providers import blaaiz
@@ -63,6 +63,25 @@ def test_events_of_one_customer_apply_in_arrival_order_in_one_batch(idle: Contai
                                          ("rejected", "pending")]
     assert [r.outcome for r in inbox_rows(idle.engine)] == ["applied"] * 3
     assert idle.applier.apply_pending() == 0  # nothing applies twice
+
+
+def test_the_providers_last_webhook_is_noted_to_within_thirty_seconds(idle: Container, clock: FakeClock) -> None:
+    assert idle.provider_health()["blaaiz"]["last_webhook_at"] is None
+    first = clock.now()
+    deliver(idle, clock, blaaiz_event("cus_w1", "PROCESSING"))
+    clock.advance(timedelta(seconds=20))
+    deliver(idle, clock, blaaiz_event("cus_w2", "PROCESSING"))
+    idle.applier.drain()
+    assert idle.provider_health()["blaaiz"]["last_webhook_at"] == clock.now()  # the latest of the batch
+    clock.advance(timedelta(seconds=10))
+    deliver(idle, clock, blaaiz_event("cus_w3", "PROCESSING"))
+    idle.applier.drain()
+    assert idle.provider_health()["blaaiz"]["last_webhook_at"] == first + timedelta(seconds=20)  # not yet 30 s on
+    clock.advance(timedelta(seconds=25))
+    deliver(idle, clock, blaaiz_event("cus_w3", "VERIFIED", updated_at="2026-01-05T10:00:00Z"))
+    idle.applier.drain()
+    assert idle.provider_health()["blaaiz"]["last_webhook_at"] == clock.now()
+    assert idle.provider_health()["cryptopocket"]["last_webhook_at"] is None
 
 
 def test_one_bad_event_fails_alone_is_retried_then_left_for_replay(idle: Container, clock: FakeClock,

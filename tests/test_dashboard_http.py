@@ -10,11 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select, update
 
 from tests.conftest import blaaiz_event, post_blaaiz
 from tests.dashboard_seed import seed
+from tracker import alerts
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
+from tracker.db.tables import notifications
 from tracker.web.app import create_app
 from tracker.web.requests import SESSION_COOKIE
 
@@ -287,6 +290,43 @@ async def test_pages_show_the_seeded_state(client, container, seeded) -> None:
     assert "blaaiz verification of cus_1001 pending 5 h 12 min: critical" in alerts_page
     assert (await client.get("/customers/424242")).status_code == 404
     assert (await client.get("/alerts?state=closed")).status_code == 400
+
+
+async def test_rows_say_when_the_provider_was_last_heard_and_the_overview_its_health(client, container, clock,
+                                                                                      seeded) -> None:
+    await sign_in(client, keys(container)["admin"])
+    # Blaaiz repeats a status the tracker has: nothing moves, but it was heard from
+    response = await post_blaaiz(client, clock, blaaiz_event("cus_1001", "PROCESSING",
+                                                             updated_at="2026-01-05T14:00:00Z"))
+    assert response.status_code == 200
+    heard = f'datetime="{clock.now().isoformat()}"'
+    stuck = await client.get("/stuck")
+    cells = dict(re.findall(r'data-customer="(\d+)">(.*?)</tr>', stuck.text, re.S))
+    assert heard in re.search(r'data-label="Last heard">(.*?)</td>', cells[str(seeded["cus_1001"])], re.S)[1]
+    assert "never" in re.search(r'data-label="Last heard">(.*?)</td>', cells[str(seeded["cus_1002"])], re.S)[1]
+    # each row counts its own customer's open alerts
+    open_alerts = {str(cid): sum(1 for row, _ in alerts.page(container.engine, "open", 100, None, customer_id=cid))
+                   for cid in seeded.ids.values()}
+    for cid, cell in cells.items():
+        assert f'data-alerts="{open_alerts[cid]}"' in cell
+    assert open_alerts[str(seeded["cus_1001"])] == 2
+    overview = await client.get("/")
+    health = dict(re.findall(r'<th scope="row">(\w+)</th>(.*?)</tr>', overview.text.split('id="h-health"')[1]
+                             .split("</table>")[0], re.S))
+    assert heard in health["Blaaiz"]
+    assert "never" in health["CryptoPocket"]
+
+
+async def test_the_alerts_page_lists_failed_deliveries_with_their_alert(client, container, seeded) -> None:
+    await sign_in(client, keys(container)["read"])
+    assert "None: every notification was delivered" in text_of(await client.get("/alerts"))
+    with container.engine.begin() as conn:
+        first = conn.execute(select(func.min(notifications.c.id))).scalar_one()
+        conn.execute(update(notifications).where(notifications.c.id == first)
+                     .values(state="failed", attempts=8, last_error="HTTP 500 from the receiver"))
+    words = text_of(await client.get("/alerts"))
+    assert "HTTP 500 from the receiver" in words
+    assert re.search(r"\d+: blaaiz verification of \w+ pending", words)
 
 
 async def test_static_files_are_served_and_nothing_else(client) -> None:

@@ -362,7 +362,8 @@ def test_a_new_attempt_is_told_by_its_count_even_at_the_same_instant(clock) -> N
     assert again.values["tier"] == "none"
     assert again.values["deadline_at"] == now + timedelta(hours=2)
     same = plan(escalated, Signal(Trigger.PROVIDER_REVIEWING, Source.WEBHOOK), now, rules, actor="blaaiz")
-    assert (same.values, same.resolve_tier_alerts) == ({}, False)  # the same attempt: nothing
+    # the same attempt: no new tier or deadline, only when the provider was heard from
+    assert (same.values, same.resolve_tier_alerts) == ({"last_signal_at": now}, False)
 
 
 async def test_an_undocumented_status_in_a_webhook_is_alerted_once(database_url, clock) -> None:

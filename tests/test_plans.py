@@ -59,7 +59,7 @@ def test_a_contradiction_of_a_verified_customer_plans_one_alert_per_cause() -> N
     again = plan(verified, signal, NOW, RULES, actor="blaaiz", cause="event:a")
     other = plan(verified, signal, NOW, RULES, actor="blaaiz", cause="event:b")
     assert first.outcome == "conflict"
-    assert first.values == {}
+    assert first.values == {"last_signal_at": NOW}  # heard from, moved nothing
     assert [a.key for a in first.alerts] == [a.key for a in again.alerts] != [a.key for a in other.alerts]
 
 

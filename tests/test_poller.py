@@ -369,6 +369,32 @@ async def test_breaker_state_shows_in_summary_and_metrics(polling, clock, sims) 
     assert summary["providers"]["connectfi"]["health"]["breaker"] == "closed"
 
 
+async def test_provider_health_says_when_the_last_poll_was_answered_and_when_the_last_error_was(
+        polling, clock, sims) -> None:
+    sim = sims["cryptopocket"]
+    sim.add_customer("usr_s1", "processing")
+    cid = register(polling, "cryptopocket", "usr_s1")
+    assert polling.provider_health()["cryptopocket"]["last_success_at"] is None
+    await tick(polling)
+    answered = clock.now()
+    assert polling.provider_health()["cryptopocket"]["last_success_at"] == answered
+    # answers within SUCCESS_RESOLUTION write nothing on the shared row; the next one after it does
+    clock.advance(timedelta(seconds=20))
+    polling.poller.gate.outcome("cryptopocket", None)
+    assert polling.provider_health()["cryptopocket"]["last_success_at"] == answered
+    clock.advance(timedelta(seconds=15))
+    polling.poller.gate.outcome("cryptopocket", None)
+    assert polling.provider_health()["cryptopocket"]["last_success_at"] == clock.now()
+    assert polling.provider_health()["cryptopocket"]["last_error_at"] is None
+    sim.fail(times=1, status=500, path="/kyc/check")
+    clock.advance(timedelta(minutes=5))
+    await polling.poller.poll_now(cid, "operator:test")
+    health = polling.provider_health()["cryptopocket"]
+    assert "HTTP 500" in health["last_error"]
+    assert health["last_error_at"] == clock.now()
+    assert health["last_success_at"] == clock.now() - timedelta(minutes=5)
+
+
 async def test_a_provider_without_a_budget_is_polled_as_fast_as_its_concurrency_allows(polling, clock, sims) -> None:
     # No rate limit configured: one tick claims twice the concurrency (4 by default), and each finished poll
     # claims again, so every due customer is polled now, not 8 per tick.

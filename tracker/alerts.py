@@ -253,6 +253,24 @@ def page(engine: Engine, state: str | None, limit: int, before: int | None, *, p
     return [(row, by_alert.get(row.id, [])) for row in rows]
 
 
+def get(engine: Engine, alert_id: int) -> Any:
+    """One alert, or None."""
+    with engine.connect() as conn:
+        return alert_queries.get_alert(conn, alert_id)
+
+
+def open_counts(engine: Engine, customer_ids: Sequence[int]) -> dict[int, int]:
+    """How many open alerts each of ``customer_ids`` has (those with none are left out)."""
+    with engine.connect() as conn:
+        return alert_queries.open_counts(conn, customer_ids)
+
+
+def failed_deliveries(engine: Engine, limit: int) -> list[Any]:
+    """The notifications given up on, newest first, with their alert's title (``alert_title``)."""
+    with engine.connect() as conn:
+        return alert_queries.failed_notifications(conn, limit)
+
+
 def acknowledge_by(engine: Engine, alert_id: int, actor: str, now: datetime) -> tuple[Any, list[Any]] | None:
     """Acknowledge one alert (stops critical repeats); the alert and its notifications, None if unknown."""
     with write_transaction(engine) as conn:

@@ -115,7 +115,8 @@ class Container:
             return queries.count_customers_by_state(conn), queries.oldest_pending(conn, PROVIDERS)
 
     def provider_health(self) -> dict[str, dict[str, Any]]:
-        """Per provider: polled or not, circuit breaker, Retry-After hold, last error."""
+        """Per provider: polled or not, circuit breaker, Retry-After hold, last error and when, the last poll
+        answered and the last webhook applied (each to within 30 s)."""
         with self.engine.connect() as conn:
             states = {row.provider: row for row in queries.provider_states(conn)}
         health: dict[str, dict[str, Any]] = {}
@@ -127,6 +128,9 @@ class Container:
                 "breaker_open_until": row.breaker_open_until if row else None,
                 "blocked_until": row.blocked_until if row else None,
                 "last_error": row.last_error if row else None,
+                "last_error_at": row.last_error_at if row else None,
+                "last_success_at": row.last_success_at if row else None,
+                "last_webhook_at": row.last_webhook_at if row else None,
             }
         return health
 

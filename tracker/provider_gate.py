@@ -30,6 +30,9 @@ log = logging.getLogger("tracker.poller")
 DEFAULT_HOLD = timedelta(seconds=30)  # a 429 without Retry-After holds the provider this long
 RECONCILE_MIN = 10  # due customers at a provider with a list endpoint before a batch reconciliation pays
 RECONCILE_CLAIM = 150  # customers one reconciliation settles at most (ten pages)
+# How stale the provider's "last poll answered" may be: written at most this often while all is well, so that
+# the usual success still writes nothing (see ``result``).
+SUCCESS_RESOLUTION = timedelta(seconds=30)
 
 
 @runtime_checkable
@@ -106,7 +109,8 @@ class ProviderGate:
         """What an answer (``error`` None) or a failure does to the provider's breaker, hold and last error."""
         if error is None:
             current = queries.provider_state_of(conn, provider)
-            if current is not None and current.breaker_state == "closed" and current.breaker_failures == 0:
+            if (current is not None and current.breaker_state == "closed" and current.breaker_failures == 0
+                    and current.last_success_at is not None and now - current.last_success_at < SUCCESS_RESOLUTION):
                 # The usual success changes nothing: do not queue every result of every worker on the one row
                 # they share (its lock is held to commit, so it would cap the polls per second of them all).
                 return
@@ -114,6 +118,7 @@ class ProviderGate:
         breaker = Breaker(state.breaker_state, state.breaker_failures, state.breaker_open_until, state.breaker_opens)
         values: dict[str, Any] = {"updated_at": now}
         if error is None:
+            values["last_success_at"] = now
             breaker = breaker_success(breaker)
         elif error.kind == "rate_limited":
             hold = timedelta(seconds=error.retry_after) if error.retry_after is not None else DEFAULT_HOLD
@@ -124,7 +129,7 @@ class ProviderGate:
         elif error.retryable or error.kind == "unexpected":
             breaker = breaker_failure(breaker, now, self.breaker)
         if error is not None:
-            values["last_error"] = describe(error)
+            values.update(last_error=describe(error), last_error_at=now)
             if error.retry_after is not None and error.kind != "rate_limited":
                 values["blocked_until"] = max(now + timedelta(seconds=error.retry_after), state.blocked_until or now)
         values.update(breaker_state=breaker.state, breaker_failures=breaker.failures,

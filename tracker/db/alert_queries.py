@@ -70,6 +70,24 @@ def list_alerts(conn: Connection, state: str | None, limit: int, before_id: int 
     return list(conn.execute(query.order_by(alerts.c.id.desc()).limit(limit)))
 
 
+def open_counts(conn: Connection, customer_ids: Sequence[int]) -> dict[int, int]:
+    """How many open alerts each of ``customer_ids`` has (those with none are left out)."""
+    if not customer_ids:
+        return {}
+    query = (select(alerts.c.customer_id, func.count()).where(alerts.c.customer_id.in_(list(customer_ids)),
+                                                             alerts.c.state == "open")
+             .group_by(alerts.c.customer_id))
+    return {int(customer_id): int(n) for customer_id, n in conn.execute(query)}
+
+
+def failed_notifications(conn: Connection, limit: int) -> list[Row[Any]]:
+    """The notifications given up on, newest first, each with its alert's title (``alert_title``)."""
+    query = (select(notifications, alerts.c.title.label("alert_title"))
+             .join(alerts, alerts.c.id == notifications.c.alert_id)
+             .where(notifications.c.state == "failed").order_by(notifications.c.id.desc()).limit(limit))
+    return list(conn.execute(query))
+
+
 def notifications_of(conn: Connection, alert_ids: Sequence[int]) -> list[Row[Any]]:
     if not alert_ids:
         return []

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, RowMapping, and_, func, select, tuple_, update
+from sqlalchemy import Connection, Row, RowMapping, and_, func, or_, select, tuple_, update
 
 from tracker.db.statements import claim_leased, dialect_insert, equal_to, unleased, update_by_key
 from tracker.db.tables import (
@@ -63,13 +63,14 @@ def insert_customer(conn: Connection, values: Mapping[str, Any]) -> bool:
 
 def update_customers(conn: Connection, changes: Sequence[dict[str, Any]]) -> int:
     """Apply changes (each with ``_id`` and ``_version``: only where the row still has that version); returns
-    how many rows matched. The customers that changed the same columns go in one statement."""
+    how many rows matched. The customers that changed the same columns go in one statement. Each write counts
+    one more ``touches`` (the ETag's)."""
     total = 0
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_shape.setdefault(tuple(sorted(name for name in change if not name.startswith("_"))), []).append(change)
     for shape, group in by_shape.items():
-        total += update_by_key(conn, customers, shape, ("id", "version"), group)
+        total += update_by_key(conn, customers, shape, ("id", "version"), group, count="touches")
     return total
 
 
@@ -207,9 +208,7 @@ def count_events_to_replay(conn: Connection, *, provider: str | None, outcomes: 
 
 def lock_provider_state(conn: Connection, provider: str) -> Row[Any]:
     """The provider's shared state row, created on first use, locked for this transaction."""
-    conn.execute(dialect_insert(conn, provider_state)
-                 .on_conflict_do_nothing(index_elements=[provider_state.c.provider]),
-                 {"provider": provider, "breaker_state": "closed", "breaker_failures": 0, "breaker_opens": 0})
+    _provider_state_row(conn, provider)
     query = select(provider_state).where(provider_state.c.provider == provider)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -223,6 +222,22 @@ def provider_state_of(conn: Connection, provider: str) -> Row[Any] | None:
 
 def update_provider_state(conn: Connection, provider: str, values: Mapping[str, Any]) -> None:
     conn.execute(update(provider_state).where(provider_state.c.provider == provider).values(**values))
+
+
+def note_webhook(conn: Connection, provider: str, at: datetime) -> None:
+    """The provider's last webhook arrived at ``at`` (kept if a later one is noted already)."""
+    _provider_state_row(conn, provider)
+    conn.execute(update(provider_state).where(
+        provider_state.c.provider == provider,
+        or_(provider_state.c.last_webhook_at.is_(None), provider_state.c.last_webhook_at < at),
+    ).values(last_webhook_at=at))
+
+
+def _provider_state_row(conn: Connection, provider: str) -> None:
+    """Create the provider's shared state row unless it exists."""
+    conn.execute(dialect_insert(conn, provider_state)
+                 .on_conflict_do_nothing(index_elements=[provider_state.c.provider]),
+                 {"provider": provider, "breaker_state": "closed", "breaker_failures": 0, "breaker_opens": 0})
 
 
 def provider_states(conn: Connection) -> list[Row[Any]]:

@@ -55,10 +55,10 @@ API_COLUMNS: tuple[str, ...] = (
     "id", "provider", "provider_customer_id", "reference", "application_id", "customer_type", "state",
     "provider_status", "tier", "pending_since", "decided_at", "rejection_reason", "attempts", "rejections",
     "discovered_by", "flags", "created_at", "updated_at", "version", "deadline_tier", "deadline_at",
-    "last_polled_at", "next_poll_at", "last_poll_error",
+    "last_polled_at", "next_poll_at", "last_poll_error", "last_signal_at", "touches",
 )
-# What the ETag is made of: a poll changes no version, but what the record says of its polls.
-KEY_COLUMNS: tuple[str, ...] = ("id", "version", "tier", "last_polled_at", "next_poll_at")
+# What the ETag is made of: a poll changes no version, but what the record says of its polls (``touches``).
+KEY_COLUMNS: tuple[str, ...] = ("id", "version", "touches")
 _PENDING = State.PENDING.value
 # Every customer belongs to one of these (registration and the provider modules only ever store these), so a
 # search by provider_customer_id alone can use the (provider, provider_customer_id) unique index.

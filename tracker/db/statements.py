@@ -65,23 +65,24 @@ def unleased(until: Any, now: datetime) -> Any:
 
 
 # (dialect, table, names, keys) -> the statement's text and the table's time columns: built once each
-_bulk_texts: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], tuple[str, frozenset[str]]] = {}
+_bulk_texts: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], str | None], tuple[str, frozenset[str]]] = {}
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 def update_by_key(conn: Connection, table: Table, names: Sequence[str], keys: Sequence[str],
-                  rows: Sequence[Mapping[str, Any]]) -> int:
-    """``UPDATE table SET names... WHERE keys...`` for each of ``rows`` (``names`` by name; each key ``k`` as
-    ``_k``); how many rows matched. PostgreSQL: one statement over arrays (``unnest``), so a batch of hundreds
-    is one round trip and one plan on the server; SQLite: one ``executemany`` on the driver's cursor (no round
-    trips to save). Runs for every stored event the applier records: no per-row statement building."""
+                  rows: Sequence[Mapping[str, Any]], count: str | None = None) -> int:
+    """``UPDATE table SET names... WHERE keys...`` for each of ``rows`` (``names`` by name; each key ``k`` as ``_k``;
+    ``count``: an integer column each update adds one to); how many rows matched. PostgreSQL: one statement over
+    arrays (``unnest``), so a batch of hundreds is one round trip and one plan on the server; SQLite: one
+    ``executemany`` on the driver's cursor (no round trips to save). Runs for every stored event the applier
+    records: no per-row statement building."""
     if not rows:
         return 0
     dialect = conn.dialect.name
-    key = (dialect, table.name, tuple(names), tuple(keys))
+    key = (dialect, table.name, tuple(names), tuple(keys), count)
     built = _bulk_texts.get(key)
     if built is None:
-        built = _bulk_texts[key] = (_bulk_text(dialect, table, names, keys), time_columns(table))
+        built = _bulk_texts[key] = (_bulk_text(dialect, table, names, keys, count), time_columns(table))
     text, times = built
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -97,13 +98,14 @@ def update_by_key(conn: Connection, table: Table, names: Sequence[str], keys: Se
         cursor.close()
 
 
-def _bulk_text(dialect: str, table: Table, names: Sequence[str], keys: Sequence[str]) -> str:
+def _bulk_text(dialect: str, table: Table, names: Sequence[str], keys: Sequence[str], count: str | None) -> str:
+    counted = f", {count} = {table.name}.{count} + 1" if count else ""
     if dialect != "postgresql":
-        sets = ", ".join(f"{name} = ?" for name in names)
+        sets = ", ".join(f"{name} = ?" for name in names) + counted
         return f"UPDATE {table.name} SET {sets} WHERE {' AND '.join(f'{k} = ?' for k in keys)}"  # noqa: S608
     columns = [*names, *keys]
     arrays = ", ".join(f"%s::{table.c[name].type.compile(dialect=_PG)}[]" for name in columns)
     aliases = ", ".join([*names, *(f"_{k}" for k in keys)])
-    sets = ", ".join(f"{name} = v.{name}" for name in names)
+    sets = ", ".join(f"{name} = v.{name}" for name in names) + counted
     where = " AND ".join(f"{table.name}.{k} = v._{k}" for k in keys)
     return (f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({aliases}) WHERE {where}")  # noqa: S608

@@ -75,7 +75,10 @@ class Customer(SQLModel, table=True):
     poll_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     last_polled_at: datetime | None = Field(default=None, sa_column=_ts())
     last_poll_error: str | None = Field(default=None, sa_column=Column(Text))  # until a poll succeeds again
-    last_signal_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_signal_at: datetime | None = Field(default=None, sa_column=_ts())  # its last webhook or poll answer
+    # Counts the writes to the row (each ``update_customers``): the ETag follows it, since polls and signals
+    # change what the record shows without moving its version.
+    touches: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     # Escalation: the next tier's due time while pending (deadlines are data), and its claim.
     deadline_at: datetime | None = Field(default=None, sa_column=_ts())
     deadline_tier: str | None = Field(default=None, sa_column=Column(String(16)))
@@ -97,6 +100,11 @@ class ProviderState(SQLModel, table=True):
     blocked_until: datetime | None = Field(default=None, sa_column=_ts())
     next_slot_at: datetime | None = Field(default=None, sa_column=_ts())
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_error_at: datetime | None = Field(default=None, sa_column=_ts())
+    # To within ``provider_gate.SUCCESS_RESOLUTION`` and ``inbox.applier.HEARD_RESOLUTION``: every poll and
+    # every webhook writing the one row all workers share would queue them all on its lock.
+    last_success_at: datetime | None = Field(default=None, sa_column=_ts())  # the last poll answered
+    last_webhook_at: datetime | None = Field(default=None, sa_column=_ts())  # the last webhook applied
     updated_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
@@ -141,6 +149,9 @@ class Notification(SQLModel, table=True):
         Index("ix_notifications_due", "channel", "next_attempt_at", sqlite_where=text("state = 'pending'"),
               postgresql_where=text("state = 'pending'")),
         Index("ix_notifications_alert", "alert_id"),
+        # The dashboard's failed deliveries, newest first, however few among however many notifications.
+        Index("ix_notifications_failed", "id", sqlite_where=text("state = 'failed'"),
+              postgresql_where=text("state = 'failed'")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

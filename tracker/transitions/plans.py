@@ -153,6 +153,11 @@ def plan(customer: Customer, signal: Signal, now: datetime, rules: Rules, *, act
         values.update(follow)
         after = replace(after, tier=follow.get("tier", after.tier),
                         last_signal_at=follow.get("last_signal_at", after.last_signal_at))
+    elif signal.source in PROVIDER_SOURCES:
+        # Heard from the provider, even where it moved nothing (a repeat, a late or a stale event): the record
+        # says when, and the dashboard's "last heard" with it.
+        values["last_signal_at"] = now
+        after = replace(after, last_signal_at=now)
     alerts: list[NewAlert] = []
     if decision.outcome is Outcome.CONFLICT:
         alerts.append(conflict_alert(after, signal, cause or f"{signal.source.value}:{now.isoformat()}"))

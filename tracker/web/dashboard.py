@@ -25,6 +25,7 @@ from tracker.web.requests import before_id, id_cursor, path_id, query_int
 from tracker.web.responses import decode_cursor, encode_cursor
 
 PAGE = 100  # rows a list shows at once
+FAILED_SHOWN = 50  # the newest failed deliveries the alerts page lists
 HISTOGRAM_LIMIT = 5000  # the pending customers the overview reads (oldest first) for its ages
 ALERT_STATES = ("open", "acknowledged", "resolved")
 
@@ -90,14 +91,6 @@ def _stuck_rows(customers: Any, filters: dict[str, Any]) -> tuple[list[dict[str,
     return rows[:PAGE], len(rows) > PAGE
 
 
-def _open_alerts_by_customer(engine: Any) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for row, _ in alerts.page(engine, "open", 500, None):
-        if row.customer_id is not None:
-            counts[row.customer_id] = counts.get(row.customer_id, 0) + 1
-    return counts
-
-
 @page
 async def stuck(request: Request, principal: Principal) -> Response:
     container = _container(request)
@@ -113,7 +106,7 @@ async def stuck(request: Request, principal: Principal) -> Response:
     kept = {k: v for k, v in filters.items() if k in ("provider", "customer_type", "tier", "q")}
     next_link = (with_query("/stuck", **kept, cursor=encode_cursor(rows[-1]["pending_since"], rows[-1]["id"],
                                                                    "pending_since")) if more else None)
-    open_alerts = await run_in_threadpool(_open_alerts_by_customer, container.engine)
+    open_alerts = await run_in_threadpool(alerts.open_counts, container.engine, [row["id"] for row in rows])
     return render(request, "stuck.html", {**context, "rows": rows, "more": next_link, "filters": kept,
                                           "open_alerts": open_alerts}, principal=principal)
 
@@ -152,8 +145,7 @@ async def alerts_view(request: Request, principal: Principal) -> Response:
     shown = items[:PAGE]
     more = (with_query("/alerts", state=state, provider=provider, cursor=id_cursor("a", shown[-1][0].id))
             if len(items) > PAGE else None)
-    recent = await run_in_threadpool(alerts.page, container.engine, None, 500, None)
-    failed = [(row, notice) for row, notices in recent for notice in notices if notice.state == "failed"]
+    failed = await run_in_threadpool(alerts.failed_deliveries, container.engine, FAILED_SHOWN)
     return render(request, "alerts.html", {
         "title": "Alerts", "section": "alerts", "live": "alerts", "items": shown, "more": more, "failed": failed,
         "state": state, "provider": provider, "states": ALERT_STATES, "providers": PROVIDERS,

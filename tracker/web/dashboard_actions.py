@@ -45,8 +45,8 @@ def _acknowledge(engine: Any, alert_ids: list[int], actor: str, now: Any) -> int
     keeps who did that, and when)."""
     done = 0
     for alert_id in alert_ids:
-        found = alerts.page(engine, None, 1, alert_id + 1)  # the alert itself, if it exists: ids below alert_id + 1
-        if not found or found[0][0].id != alert_id or found[0][0].state != "open":
+        found = alerts.get(engine, alert_id)
+        if found is None or found.state != "open":
             continue
         if alerts.acknowledge_by(engine, alert_id, actor, now) is not None:
             done += 1

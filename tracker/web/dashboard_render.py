@@ -60,7 +60,7 @@ def _environment() -> jinja2.Environment:
     env.globals.update(
         span=views.span, stamp=views.stamp, clock_time=views.clock_time, relative=views.relative,
         standing=views.standing, tier_of=views.tier_of, guidance=views.guidance, provider_name=views.provider_name,
-        state_words=views.state_words, last_heard=views.last_heard, TIER_WORDS=views.TIER_WORDS,
+        state_words=views.state_words, TIER_WORDS=views.TIER_WORDS,
         TIERS=views.TIERS, asset_version=_asset_version(),
     )
     env.filters["fromjson"] = lambda text: json.loads(text) if text else {}

@@ -89,13 +89,6 @@ def guidance(row: Mapping[str, Any]) -> str:
     return f"Wait: {name} publishes no review time; enquire with its support once overdue."
 
 
-def last_heard(row: Mapping[str, Any]) -> datetime | None:
-    """When the tracker last heard from the provider about this customer: its last webhook or poll answer
-    (``last_signal_at`` where the row has it), else its last poll."""
-    signal: datetime | None = row.get("last_signal_at")
-    return signal if signal is not None else row["last_polled_at"]
-
-
 @dataclass
 class Bar:
     label: str

@@ -103,25 +103,21 @@ def customer_json(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "last_polled_at": row["last_polled_at"],
         "next_poll_at": row["next_poll_at"],
         "last_poll_error": row["last_poll_error"],
+        "last_signal_at": row["last_signal_at"],
     }
 
 
 def customer_etag(row: Mapping[str, Any]) -> str:
-    """Follows stored changes only (version, tier and the polls' times), never the clock."""
-    return f'"c{row["id"]}-v{row["version"]}-{row["tier"]}-{_polls(row)}"'
+    """Follows stored changes only, never the clock: the version, and the count of writes to the row (a poll,
+    a tier or a webhook that moves nothing changes what the record shows without a version)."""
+    return f'"c{row["id"]}-v{row["version"]}-t{row["touches"]}"'
 
 
 def list_etag(rows: Sequence[Mapping[str, Any]], query: str) -> str:
     digest = hashlib.sha256(query.encode())
     for row in rows:
-        digest.update(f"{row['id']}:{row['version']}:{row['tier']}:{_polls(row)};".encode())
+        digest.update(f"{row['id']}:{row['version']}:{row['touches']};".encode())
     return f'"l{digest.hexdigest()[:32]}"'
-
-
-def _polls(row: Mapping[str, Any]) -> str:
-    """The last and next poll (milliseconds, hex): they move without a version, and the record shows them."""
-    return "p" + ".".join(format(int(stamp.timestamp() * 1000), "x") if stamp is not None else "0"
-                          for stamp in (row["last_polled_at"], row["next_poll_at"]))
 
 
 def not_modified(request: Request, etag: str) -> bool:

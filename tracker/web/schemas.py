@@ -80,6 +80,8 @@ CUSTOMER = obj({
     "flags": NOTES, "created_at": TIME, "updated_at": TIME, "version": {**COUNT, "minimum": 1},
     "last_polled_at": WHEN, "next_poll_at": WHEN,
     "last_poll_error": {**MAYBE_TEXT, "description": "why the last poll failed; null after a good one"},
+    "last_signal_at": {**WHEN, "description": "when the tracker last heard from the provider about this "
+                                              "customer: a webhook (one that moved nothing too) or a poll answer"},
     "warnings": {**NOTES, "description": "only in answers to writes: what the caller should know"},
 }, optional=("warnings",))
 
@@ -126,7 +128,10 @@ PROVIDER_SUMMARY = obj({
     "oldest_pending_seconds": nullable(INT),
     "oldest_pending_customer": nullable(obj({"id": ID, "provider_customer_id": TEXT, "pending_since": TIME})),
     "health": obj({"polled": {"type": "boolean"}, "breaker": enum(["closed", "open", "half_open"]),
-                   "breaker_open_until": WHEN, "blocked_until": WHEN, "last_error": MAYBE_TEXT}),
+                   "breaker_open_until": WHEN, "blocked_until": WHEN, "last_error": MAYBE_TEXT,
+                   "last_error_at": WHEN,
+                   "last_success_at": {**WHEN, "description": "the last poll answered (to within 30 s)"},
+                   "last_webhook_at": {**WHEN, "description": "the last webhook applied (to within 30 s)"}}),
 })
 
 _TEXT_ID: Schema = {"type": ["string", "integer"], "pattern": ID_TEXT,
