@@ -1,4 +1,5 @@
-"""One module per provider: webhook verification and parsing, status mapping (and, later, status fetch)."""
+"""The providers: each one's webhook verification and parsing, status mapping and status fetch (a module each;
+Blaaiz's split by concern and re-exported by ``blaaiz``), and the stored events' parser by provider."""
 
 from __future__ import annotations
 
