@@ -194,9 +194,8 @@ class Collector:
     def see(self, row: tuple[Any, ...]) -> None:
         ident = row[0]
         if ident in self.wanted:
-            # seeded without polls: no last or next poll time
-            self.sample.append((ident, customer_etag({"id": ident, "version": row[15], "tier": row[8],
-                                                      "last_polled_at": None, "next_poll_at": None})))
+            # seeded in bulk, not through update_customers: no write counted (``touches`` is its default, 0)
+            self.sample.append((ident, customer_etag({"id": ident, "version": row[15], "touches": 0})))
         if ident in self.lookups:
             self.pcids.append(row[2])
             if row[4] is not None:
