@@ -64,7 +64,7 @@ def unleased(until: Any, now: datetime) -> Any:
     return or_(until.is_(None), until < now)
 
 
-# (dialect, table, names, keys) -> the statement's text and the table's time columns: built once each
+# (dialect, table, names, keys, counted column) -> the statement's text and the table's time columns: built once each
 _bulk_texts: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], str | None], tuple[str, frozenset[str]]] = {}
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
