@@ -1,16 +1,20 @@
 """Customers for the dashboard's tests, made through the application layer with a FakeClock: five pending at
 three providers (one critical, two overdue, two on time), one awaiting documents, one verified by an operator,
-and the overdue and critical alerts the escalator raised on the way."""
+the overdue and critical alerts the escalator raised on the way, and two Blaaiz webhooks that repeat a status
+(they move nothing, but say when Blaaiz was last heard from)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from tracker.bootstrap import Container
 from tracker.clock import FakeClock
+from tracker.inbox.store import Delivery, store_now
+from tracker.providers import blaaiz
 
 
 @dataclass
@@ -29,6 +33,16 @@ def _customer(container: Container, provider: str, pcid: str, kind: str = "indiv
 def _escalate(container: Container, clock: FakeClock, delta: timedelta) -> None:
     clock.advance(delta)
     asyncio.run(container.escalator.tick())
+
+
+def _blaaiz_webhook(container: Container, clock: FakeClock, pcid: str, status: str) -> None:
+    """Blaaiz repeats a status, as its webhooks do: stored, then applied (it moves nothing, but it is heard)."""
+    payload = {"event_type": "customer.status_changed", "customer_id": pcid, "old_status": status,
+               "new_status": status, "comment": None, "updated_at": clock.now().isoformat().replace("+00:00", "Z"),
+               "event_id": f"evt_seed_{pcid}_{int(clock.now().timestamp())}", "type": "customer"}
+    store_now(container.engine, [Delivery("blaaiz", clock.now(), json.dumps(payload).encode(), {},
+                                          blaaiz.parse(payload))])
+    container.applier.drain()
 
 
 def seed(container: Container, clock: FakeClock) -> Seeded:
@@ -53,6 +67,9 @@ def seed(container: Container, clock: FakeClock) -> Seeded:
     _escalate(container, clock, timedelta(hours=1, minutes=45))
     ids["usr_3002"] = _customer(container, "cryptopocket", "usr_3002")
     container.customers.submit(ids["usr_3002"])
-    for step in (timedelta(minutes=30), timedelta(minutes=30), timedelta(minutes=27)):
-        _escalate(container, clock, step)
+    _escalate(container, clock, timedelta(minutes=30))
+    _blaaiz_webhook(container, clock, "cus_1001", "PROCESSING")  # heard from 57 min before the end
+    _escalate(container, clock, timedelta(minutes=30))
+    _blaaiz_webhook(container, clock, "cus_1002", "PROCESSING")  # 27 min before
+    _escalate(container, clock, timedelta(minutes=27))
     return Seeded(ids)
