@@ -114,8 +114,9 @@ class Applier:
                             return 0
                         now = self.clock.now()  # after the claim: every row claimed was received before it
                         done = self.planner.apply(conn, rows, now)
-                        self.planner.heard(conn, rows)
+                        noted = self.planner.heard(conn, rows)
                         inbox.mark(conn, done.marks)
+                    self.planner.committed(noted)
                     self._published(done)
                     return len(rows)
                 except (ConcurrentChange, DBAPIError) as exc:

@@ -96,18 +96,25 @@ class Planner:
         batch.changes = self.writes.write(conn, plans, now)
         return batch
 
-    def heard(self, conn: Connection, rows: Sequence[Row[Any]]) -> None:
+    def heard(self, conn: Connection, rows: Sequence[Row[Any]]) -> dict[str, datetime]:
         """Note on each provider's shared row when its latest webhook among ``rows`` arrived (at most once per
-        ``HEARD_RESOLUTION`` per provider: every batch writing the row the pollers lock would slow them)."""
+        ``HEARD_RESOLUTION`` per provider: every batch writing the row the pollers lock would slow them). Returns
+        what it noted, for ``committed`` once the transaction is."""
         latest: dict[str, datetime] = {}
         for row in rows:
             if row.provider not in latest or row.received_at > latest[row.provider]:
                 latest[row.provider] = row.received_at
+        noted: dict[str, datetime] = {}
         for provider, at in latest.items():
-            noted = self._heard.get(provider)
-            if noted is None or at - noted >= HEARD_RESOLUTION:
+            last = self._heard.get(provider)
+            if last is None or at - last >= HEARD_RESOLUTION:
                 queries.note_webhook(conn, provider, at)
-                self._heard[provider] = at
+                noted[provider] = at
+        return noted
+
+    def committed(self, noted: dict[str, datetime]) -> None:
+        """What ``heard`` noted is stored (a batch rolled back notes it again with the next one)."""
+        self._heard.update(noted)
 
 
 def _customers(conn: Connection, events: Sequence[ParsedEvent], now: datetime) -> dict[tuple[str, str], Customer]:
