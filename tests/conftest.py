@@ -211,6 +211,13 @@ async def register(client: httpx.AsyncClient, key: dict[str, str], pcid: str = "
     return data
 
 
+async def close(container: Container) -> None:
+    """Stop what a test's tracker started (polls and deliveries in flight finish first) and close its pools."""
+    await container.stop_worker()
+    container.stop()
+    container.engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

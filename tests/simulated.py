@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AppliedTransport, make_settings
+from tests.conftest import AppliedTransport, close, make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.providers.simulators import ConnectFiSimulator, CryptoPocketSimulator, HostRouter
@@ -33,10 +33,7 @@ async def polled(database_url: str, clock: FakeClock, simulators: dict[str, Any]
     container = build(settings, clock, transport=HostRouter.of(*simulators.values()))
     container.start()
     yield container
-    await container.poller.drain()
-    await container.http.aclose()
-    container.stop()
-    container.engine.dispose()
+    await close(container)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import AppliedTransport, make_settings
+from tests.conftest import AppliedTransport, close, make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db import queries
@@ -42,11 +42,7 @@ async def app(database_url: str, clock: FakeClock, pocket: CryptoPocketSimulator
     container = build(settings_for(database_url), clock, transport=HostRouter.of(pocket))
     container.start()
     yield container
-    await container.poller.drain()
-    await container.outbox.drain()
-    await container.http.aclose()
-    container.stop()
-    container.engine.dispose()
+    await close(container)
 
 
 async def make_pending(app: Container, pocket: CryptoPocketSimulator, user: str) -> int:
@@ -430,9 +426,7 @@ async def test_a_customer_that_fails_is_rolled_back_alone_and_retried_after_its_
         assert [a.kind for a in alert_rows(container, bad)] == ["overdue"]
         assert sum(1 for a in alert_rows(container) if a.kind == "overdue") == count  # each exactly once
     finally:
-        await container.poller.drain()
-        await container.http.aclose()
-        container.engine.dispose()
+        await close(container)
 
 
 async def test_the_customer_record_says_when_its_next_tier_is_due(app, clock, pocket) -> None:

@@ -253,6 +253,9 @@ def garbage_bodies(payloads: st.SearchStrategy[dict[str, Any]]) -> st.SearchStra
 # --- strategies: requests -----------------------------------------------------------------------------
 
 
+NON_ASCII = ("é", "\u00a0", "\u0660", "ø", "\U0001f600")  # spliced into a signature: a digit-like one among them
+
+
 def mutate_char(draw: st.DrawFn, text: str) -> str:
     """``text`` with one character replaced by another one that differs even ignoring case."""
     index = draw(st.integers(0, len(text) - 1))
@@ -287,6 +290,35 @@ BLAAIZ_TAMPERING = (*BODY_TAMPERING, "other_secret", "stale", "timestamp_changed
                     "missing_signature", "missing_timestamp", "empty_signature", "empty_timestamp")
 
 
+def tamper_header(draw: st.DrawFn, kind: str, timestamp: str, signature: str, resign: Callable[[str], str],
+                  tolerance: int, changed_forms: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """The timestamp and signature tampering both HMAC schemes share (Blaaiz, CryptoPocket): the new timestamp and
+    signature, or None for a kind that is not one of them. ``resign`` signs the body for a timestamp with the
+    valid secret; ``tolerance`` is the scheme's replay window in seconds; ``changed_forms`` are further spellings
+    of a timestamp that no longer says what was signed."""
+    if kind == "stale":
+        timestamp = str(NOW + draw(st.integers(tolerance + 1, 10**12)) * draw(st.sampled_from([-1, 1])))
+        return timestamp, resign(timestamp)
+    if kind == "timestamp_changed":  # the header no longer says what was signed
+        shift = draw(st.integers(-tolerance, tolerance).filter(bool))
+        return draw(st.sampled_from([str(NOW + shift), f"0{NOW}", f"+{NOW}", *changed_forms])), signature
+    if kind == "huge_timestamp":  # validly signed, but no time near now
+        timestamp = draw(st.sampled_from(["1", "9", "-1"])) + "0" * draw(st.integers(20, 4200))
+        return timestamp, resign(timestamp)
+    if kind == "junk_timestamp":
+        return draw(HEADER_TEXT.filter(lambda s: s.strip() != str(NOW))), signature
+    if kind == "signature_char":
+        return timestamp, mutate_char(draw, signature)
+    if kind == "signature_truncated":
+        return timestamp, signature[:draw(st.integers(1, len(signature) - 1))]
+    if kind == "signature_non_ascii":
+        index = draw(st.integers(0, len(signature)))
+        return timestamp, signature[:index] + draw(st.sampled_from(NON_ASCII)) + signature[index:]
+    if kind == "empty_signature":
+        return timestamp, ""
+    return None
+
+
 @st.composite
 def blaaiz_signed(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> Case:
     """A validly signed delivery, in any of the forms Blaaiz's signature may validly take."""
@@ -310,29 +342,13 @@ def blaaiz_forged(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> Case:
         body = tamper_body(draw, body, kind, bodies)
     elif kind == "other_secret":
         signature = sign(body, timestamp, draw(st.text(min_size=1).filter(lambda s: s not in (SECRET, OLD_SECRET))))
-    elif kind == "stale":
-        timestamp = str(NOW + draw(st.integers(TOLERANCE + 1, 10**12)) * draw(st.sampled_from([-1, 1])))
-        signature = sign(body, timestamp, SECRET)
-    elif kind == "timestamp_changed":  # the header no longer says what was signed
-        shift = draw(st.integers(-TOLERANCE, TOLERANCE).filter(bool))
-        timestamp = draw(st.sampled_from([str(NOW + shift), f"0{NOW}", f"+{NOW}", f"{NOW}.0"]))
-    elif kind == "huge_timestamp":  # validly signed, but no time near now
-        timestamp = draw(st.sampled_from(["1", "9", "-1"])) + "0" * draw(st.integers(20, 4200))
-        signature = sign(body, timestamp, SECRET)
-    elif kind == "junk_timestamp":
-        timestamp = draw(HEADER_TEXT.filter(lambda s: s.strip() != str(NOW)))
-    elif kind == "signature_char":
-        signature = mutate_char(draw, signature)
-    elif kind == "signature_truncated":
-        signature = signature[:draw(st.integers(1, len(signature) - 1))]
-    elif kind == "signature_non_ascii":
-        index = draw(st.integers(0, len(signature)))
-        signature = signature[:index] + draw(st.sampled_from(["é", "\u00a0", "\u0660", "ø", "\U0001f600"])) + \
-            signature[index:]
-    elif kind == "empty_signature":
-        signature = ""
     elif kind == "empty_timestamp":
         timestamp = ""
+    else:
+        tampered = tamper_header(draw, kind, timestamp, signature, lambda at: sign(body, at, SECRET), TOLERANCE,
+                                 (f"{NOW}.0",))
+        if tampered is not None:
+            timestamp, signature = tampered
     headers = {"content-type": "application/json", blaaiz.TIMESTAMP_HEADER: timestamp,
                blaaiz.SIGNATURE_HEADER: signature}
     if kind == "missing_signature":
@@ -380,31 +396,15 @@ def pocket_forged(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> Case:
     elif kind in ("other_secret", "other_secret_base64"):
         signature = pocket_sign(draw(st.text(min_size=1).filter(lambda s: s != CP_SECRET)), body, timestamp,
                                 "hex" if kind == "other_secret" else "base64")
-    elif kind == "stale":
-        timestamp = str(NOW + draw(st.integers(301, 10**12)) * draw(st.sampled_from([-1, 1])))
-        signature = pocket_sign(CP_SECRET, body, timestamp)
-    elif kind == "timestamp_changed":
-        timestamp = draw(st.sampled_from([str(NOW + draw(st.integers(-300, 300).filter(bool))), f"0{NOW}",
-                                          f"+{NOW}"]))
-    elif kind == "huge_timestamp":
-        timestamp = draw(st.sampled_from(["1", "9", "-1"])) + "0" * draw(st.integers(20, 4200))
-        signature = pocket_sign(CP_SECRET, body, timestamp)
-    elif kind == "junk_timestamp":
-        timestamp = draw(HEADER_TEXT.filter(lambda s: s.strip() != str(NOW)))
-    elif kind == "signature_char":
-        signature = mutate_char(draw, signature)
-    elif kind == "signature_truncated":
-        signature = signature[:draw(st.integers(1, len(signature) - 1))]
-    elif kind == "signature_non_ascii":
-        index = draw(st.integers(0, len(signature)))
-        signature = signature[:index] + draw(st.sampled_from(["é", "\u00a0", "ø", "\U0001f600"])) + signature[index:]
     elif kind == "key_changed":
         key = draw(st.sampled_from([CP_KEY.upper(), CP_KEY[:-1], CP_KEY + "x", mutate_char(draw, CP_KEY),
                                     CP_KEY.replace("-", "\u2010")]))
     elif kind == "key_other":
         key = draw(HEADER_TEXT.filter(lambda s: s.strip() != CP_KEY))
-    elif kind == "empty_signature":
-        signature = ""
+    else:
+        tampered = tamper_header(draw, kind, timestamp, signature, lambda at: pocket_sign(CP_SECRET, body, at), 300)
+        if tampered is not None:
+            timestamp, signature = tampered
     headers = pocket_headers(key, timestamp, signature, draw)
     if kind.startswith("missing_"):
         wanted = {"missing_key": cryptopocket.KEY_HEADER, "missing_signature": cryptopocket.SIGNATURE_HEADER,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import make_settings
+from tests.conftest import close, make_settings
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
 from tracker.db import queries
@@ -42,10 +42,7 @@ async def polling(database_url: str, clock: FakeClock, sims: dict[str, Any]) -> 
     container = build(settings, clock, transport=HostRouter.of(*sims.values()))
     container.start()
     yield container
-    await container.poller.drain()
-    await container.http.aclose()
-    container.stop()
-    container.engine.dispose()
+    await close(container)
 
 
 def provider_row(conn: Any, provider: str = "cryptopocket") -> Any:
@@ -318,9 +315,7 @@ async def test_provider_outage_then_recovery(database_url, clock, sims) -> None:
         assert all(r.last_polled_at <= recovered + timedelta(minutes=5) for r in rows)
         assert start < recovered
     finally:
-        await container.poller.drain()
-        await container.http.aclose()
-        container.engine.dispose()
+        await close(container)
 
 
 async def test_blaaiz_list_reconciles_many_pending_customers_in_few_calls(polling, clock, sims) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import AppliedTransport, blaaiz_event, make_settings, post_blaaiz
+from tests.conftest import AppliedTransport, blaaiz_event, close, make_settings, post_blaaiz
 from tracker import cli
 from tracker.bootstrap import Container, build
 from tracker.clock import FakeClock
@@ -53,10 +53,7 @@ async def tracked(database_url: str, clock: FakeClock, sim: BlaaizSimulator
     app = create_app(container)
     async with httpx.AsyncClient(transport=AppliedTransport(app, container), base_url="http://t") as http:
         yield container, http
-    container.inbox.stop()
-    await container.poller.drain()
-    await container.http.aclose()
-    container.engine.dispose()
+    await close(container)
 
 
 def writer(container: Container) -> dict[str, str]:
